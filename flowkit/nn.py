@@ -1,0 +1,123 @@
+r"""Small neural networks and scale functions shared by the flow layers.
+
+:class:`MLP` is the conditioning network of couplings and of :class:`ConditionalActNorm`;
+:func:`soft_log_scale` turns a raw network output into a bounded log-scale (the soft clamps
+documented in ``docs/layers.md``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["MLP", "CLAMPS", "soft_log_scale", "check_clamp"]
+
+#: The names accepted by ``clamp=`` of the affine layers.
+CLAMPS: tuple[str, ...] = ("atan", "tanh", "sigmoid")
+
+
+class MLP(nn.Sequential):
+    r"""A multi-layer perceptron ``Linear-ReLU-...-Linear``.
+
+    ``num_layers`` counts the hidden layers: ``num_layers=1`` is ``Linear-ReLU-Linear`` (the
+    coupling net of the official LNFMM code), ``num_layers=2`` is
+    ``Linear-ReLU-Linear-ReLU-Linear``.
+
+    Arguments:
+        in_features: The number of input features (may be 0: the output is then the bias).
+        out_features: The number of output features.
+        hidden_features: The width of the hidden layers.
+        num_layers: The number of hidden layers (>= 1).
+        zero_last: Whether the last layer starts with zero weight and bias, so that the net
+            outputs 0 for any input (a fresh coupling is then the identity).
+
+    Example:
+        >>> net = MLP(3, 4, hidden_features=16, num_layers=1)
+        >>> net(torch.randn(2, 3)).abs().max().item()
+        0.0
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden_features: int = 256,
+        num_layers: int = 2,
+        zero_last: bool = True,
+    ) -> None:
+        if in_features < 0 or out_features < 1 or hidden_features < 1:
+            raise ValueError(
+                f"MLP sizes must be positive, got in={in_features}, out={out_features}, hidden={hidden_features}"
+            )
+        if num_layers < 1:
+            raise ValueError(f"num_layers (hidden layers of the net) must be >= 1, got {num_layers}")
+        layers: list[nn.Module] = []
+        width = in_features
+        for _ in range(num_layers):
+            layers.append(_linear(width, hidden_features))
+            layers.append(nn.ReLU())
+            width = hidden_features
+        last = nn.Linear(width, out_features)
+        if zero_last:
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        layers.append(last)
+        super().__init__(*layers)
+        self.in_features = in_features
+        self.out_features = out_features
+
+    @property
+    def last(self) -> nn.Linear:
+        r"""The output layer (its bias is what :func:`flowkit.data_init` adjusts)."""
+        return self[-1]  # type: ignore[return-value]
+
+
+def _linear(in_features: int, out_features: int) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features)
+    if in_features == 0:
+        # No input (a 1-feature coupling without context): the layer is just a learned bias.
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def check_clamp(clamp: str) -> str:
+    r"""Returns ``clamp`` if it is a known clamp name, else raises a :class:`ValueError`."""
+    if clamp not in CLAMPS:
+        raise ValueError(f"unknown clamp {clamp!r}; choose one of {', '.join(map(repr, CLAMPS))}")
+    return clamp
+
+
+def soft_log_scale(raw: Tensor, clamp: str, bound: float = 2.0) -> Tensor:
+    r"""Maps a raw network output to a log-scale with a soft clamp.
+
+    .. math::
+
+        \text{atan}: \ \log s = \tfrac{2b}{\pi} \arctan\!\big(\tfrac{\pi r}{2b}\big) \in (-b, b) \\
+        \text{tanh}: \ \log s = b \tanh(r / b) \in (-b, b) \\
+        \text{sigmoid}: \ \log s = \log \sigma(r + 2) \in (-\infty, 0)
+
+    ``atan`` and ``tanh`` have slope 1 at 0 (so ``log s ~ r`` for small ``r``) and are bounded
+    by ``b``; ``sigmoid`` is Glow's (and the official LNFMM code's) ``scale = sigmoid(r + 2)``,
+    bounded above by 1 and computed with ``logsigmoid``, so it is finite (no NaN) for any finite
+    ``r``. Note that ``sigmoid`` at ``r = 0`` is ``sigmoid(2) ~ 0.881``, not 1.
+
+    Arguments:
+        raw: The raw output ``r``.
+        clamp: ``"atan"``, ``"tanh"`` or ``"sigmoid"``.
+        bound: The bound ``b`` of ``atan`` and ``tanh``.
+
+    Example:
+        >>> soft_log_scale(torch.tensor([0.0, 1e4]), "tanh", 2.0)
+        tensor([0., 2.])
+    """
+    if clamp == "atan":
+        c = math.pi / (2.0 * bound)
+        return torch.atan(raw * c) / c
+    if clamp == "tanh":
+        return bound * torch.tanh(raw / bound)
+    if clamp == "sigmoid":
+        return F.logsigmoid(raw + 2.0)
+    raise ValueError(f"unknown clamp {clamp!r}; choose one of {', '.join(map(repr, CLAMPS))}")
