@@ -8,6 +8,43 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from flowkit.transforms.base import InputError, Transform
+from flowkit.transforms import (
+    ActNorm,
+    AdditiveCoupling,
+    AffineCoupling,
+    ConditionalActNorm,
+    ElementwiseScale,
+    InputError,
+    Inverse,
+    Invertible1x1,
+    Permutation,
+    Reverse,
+    Sequential,
+    Switch,
+    Transform,
+    data_init,
+)
+from flowkit.distributions import Flow, StandardNormal
+from flowkit.builders import glow, realnvp
 
-__all__ = ["InputError", "Transform", "__version__"]
+__all__ = [
+    "__version__",
+    "InputError",
+    "Transform",
+    "AffineCoupling",
+    "AdditiveCoupling",
+    "ActNorm",
+    "ConditionalActNorm",
+    "ElementwiseScale",
+    "Invertible1x1",
+    "Permutation",
+    "Reverse",
+    "Switch",
+    "Sequential",
+    "Inverse",
+    "StandardNormal",
+    "Flow",
+    "glow",
+    "realnvp",
+    "data_init",
+]

@@ -8,6 +8,7 @@ documented in ``docs/layers.md``).
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -74,12 +75,22 @@ class MLP(nn.Sequential):
         r"""The output layer (its bias is what :func:`flowkit.data_init` adjusts)."""
         return self[-1]  # type: ignore[return-value]
 
+    def hidden(self, x: Tensor) -> Tensor:
+        r"""Returns the activations that feed the last layer."""
+        for layer in list(self)[:-1]:
+            x = layer(x)
+        return x
+
 
 def _linear(in_features: int, out_features: int) -> nn.Linear:
-    layer = nn.Linear(in_features, out_features)
-    if in_features == 0:
-        # No input (a 1-feature coupling without context): the layer is just a learned bias.
-        nn.init.zeros_(layer.bias)
+    if in_features > 0:
+        return nn.Linear(in_features, out_features)
+    # No input (a 1-feature coupling without context): the net reduces to the last layer's
+    # bias; torch would warn that initializing the empty weight is a no-op.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        layer = nn.Linear(in_features, out_features)
+    nn.init.zeros_(layer.bias)
     return layer
 
 

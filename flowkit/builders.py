@@ -1,0 +1,134 @@
+r"""Ready-made flows: :func:`glow` and :func:`realnvp`, each a :class:`Flow` on a Gaussian base."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from flowkit.distributions import Flow, StandardNormal
+from flowkit.nn import check_clamp
+from flowkit.transforms.coupling import MASKS, AffineCoupling
+from flowkit.transforms.linear import Invertible1x1
+from flowkit.transforms.normalization import ActNorm, ConditionalActNorm
+from flowkit.transforms.permutations import Switch
+from flowkit.transforms.composition import Sequential
+
+__all__ = ["glow", "realnvp"]
+
+
+def _check_sizes(features: int, context_features: int, num_layers: int) -> None:
+    if not isinstance(features, int) or features < 2:
+        raise ValueError(f"features must be an int >= 2 for a coupling flow, got {features!r}")
+    if not isinstance(context_features, int) or context_features < 0:
+        raise ValueError(f"context_features must be a non-negative int, got {context_features!r}")
+    if not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers (flow steps) must be a positive int, got {num_layers!r}")
+
+
+def glow(
+    features: int,
+    context_features: int = 0,
+    num_layers: int = 8,
+    hidden_features: int = 256,
+    actnorm: bool = True,
+    conv1x1: bool = True,
+    clamp: str = "atan",
+    base_std: float = 1.0,
+    net_layers: int = 2,
+    actnorm_scale: str = "exp",
+    seed: int | None = None,
+) -> Flow:
+    r"""A Glow-style (optionally conditional) flow on vectors.
+
+    Each of the ``num_layers`` steps is ``(Conditional)ActNorm -> AffineCoupling ->
+    [Invertible1x1] -> Switch``; the ActNorm is conditional when ``context_features > 0``
+    (the official LNFMM f_v / f_t step, with ``conv1x1=False``, ``clamp="sigmoid"``,
+    ``actnorm_scale="sigmoid"``, ``net_layers=1`` and ``base_std=0.25``).
+
+    Arguments:
+        features: The number of features D (>= 2).
+        context_features: The number of context features C (0: unconditional).
+        num_layers: The number of flow steps.
+        hidden_features: The width of the coupling (and conditional ActNorm) nets.
+        actnorm: Whether each step starts with a (Conditional)ActNorm.
+        conv1x1: Whether each step has an :class:`Invertible1x1`.
+        clamp: The coupling scale clamp, ``"atan"``, ``"tanh"`` or ``"sigmoid"``.
+        base_std: The standard deviation of the Gaussian base.
+        net_layers: The number of hidden layers of each net.
+        actnorm_scale: ``"exp"`` or ``"sigmoid"`` for :class:`ConditionalActNorm`.
+        seed: Seeds the initial rotations of the 1x1 layers (step k uses ``seed + k``).
+
+    Example:
+        >>> flow = glow(6, context_features=4, num_layers=2, hidden_features=32)
+        >>> flow.log_prob(torch.randn(3, 6), context=torch.randn(3, 4)).shape
+        torch.Size([3])
+    """
+    _check_sizes(features, context_features, num_layers)
+    check_clamp(clamp)
+    steps: list[nn.Module] = []
+    for k in range(num_layers):
+        if actnorm:
+            if context_features > 0:
+                steps.append(
+                    ConditionalActNorm(features, context_features, hidden_features, net_layers, scale=actnorm_scale)
+                )
+            else:
+                steps.append(ActNorm(features))
+        steps.append(AffineCoupling(features, context_features, hidden_features, net_layers, clamp=clamp))
+        if conv1x1:
+            steps.append(Invertible1x1(features, seed=None if seed is None else seed + k))
+        steps.append(Switch(features))
+    return Flow(Sequential(*steps), StandardNormal(features, std=base_std))
+
+
+def realnvp(
+    features: int,
+    context_features: int = 0,
+    num_layers: int = 8,
+    hidden_features: int = 256,
+    clamp: str = "atan",
+    mask: str = "half",
+    base_std: float = 1.0,
+    net_layers: int = 2,
+    actnorm: bool = False,
+) -> Flow:
+    r"""A RealNVP-style (optionally conditional) flow of affine couplings.
+
+    With ``mask="half"`` each step is ``AffineCoupling -> Switch``; with ``mask="alternate"``
+    the couplings alternate between the even/odd masks (no permutation layer).
+    ``actnorm=True`` puts an :class:`ActNorm` before each coupling.
+
+    Arguments:
+        features: The number of features D (>= 2).
+        context_features: The number of context features C (0: unconditional).
+        num_layers: The number of couplings.
+        hidden_features: The width of the coupling nets.
+        clamp: ``"atan"``, ``"tanh"`` or ``"sigmoid"``.
+        mask: ``"half"`` or ``"alternate"``.
+        base_std: The standard deviation of the Gaussian base.
+        net_layers: The number of hidden layers of each coupling net.
+        actnorm: Whether each step starts with an :class:`ActNorm`.
+
+    Example:
+        >>> flow = realnvp(5, num_layers=4, hidden_features=32)
+        >>> flow.sample(7).shape
+        torch.Size([7, 5])
+    """
+    _check_sizes(features, context_features, num_layers)
+    check_clamp(clamp)
+    if mask not in MASKS:
+        raise ValueError(f"unknown mask {mask!r}; choose one of {', '.join(map(repr, MASKS))}")
+    steps: list[nn.Module] = []
+    for k in range(num_layers):
+        if actnorm:
+            steps.append(ActNorm(features))
+        if mask == "half":
+            steps.append(AffineCoupling(features, context_features, hidden_features, net_layers, clamp=clamp))
+            steps.append(Switch(features))
+        else:
+            steps.append(
+                AffineCoupling(
+                    features, context_features, hidden_features, net_layers, clamp=clamp, mask="alternate",
+                    flip_mask=k % 2 == 1,
+                )
+            )
+    return Flow(Sequential(*steps), StandardNormal(features, std=base_std))
