@@ -1,0 +1,549 @@
+r"""LNFMM: latent normalizing flows for many-to-many cross-domain mappings (ICLR 2020).
+
+The model (paper Fig. 2, appendix A.1; official code github.com/visinf/lnfmm):
+
+* image encoder :math:`x_v \mapsto z_v = [z_s^v, z'_v]`, text encoder :math:`x_t \mapsto z_t = [z_s^t, z'_t]`,
+  Gaussian posteriors with reparameterization;
+* :math:`f_s`: a bijection from the shared image code to the shared text code;
+* conditional flow priors :math:`p(z'_t | z_s)` (``f_t``, conditioned on a *text-space* shared
+  code) and :math:`p(z'_v | z_s)` (``f_v``, conditioned on an *image-space* shared code);
+* an LSTM text decoder on :math:`[z_s^t, z'_t]` and an image decoder on :math:`[z_s^v, z'_v]`.
+
+Loss (Eq. 10): ``l1 kl_t + l2 kl_v - l3 logdet_fs + align + l4 rec_t + l5 rec_v`` (+ ``adv``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from flowkit.models.lnfmm.config import LNFMMConfig
+from flowkit.models.lnfmm.decoders import Discriminator64, FeatureDecoder, Generator64, TextDecoder
+from flowkit.models.lnfmm.encoders import ConvEncoder, FeatureEncoder, TextEncoder, VGG16Encoder
+from flowkit.models.lnfmm.priors import ConditionalGaussian, build_fs, build_prior_flow
+from flowkit.models.lnfmm.sampling import beam_search, greedy_decode
+
+__all__ = ["LNFMM", "LNFMMInputError"]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class LNFMMInputError(ValueError):
+    r"""Raised for inputs the model cannot take (shapes, ids, batch sizes)."""
+
+
+def _is_compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # torch < 2.3
+        return False
+
+
+def _gaussian_log_q(eps: Tensor, std: Tensor) -> Tensor:
+    r"""log N(mu + std * eps; mu, std^2), summed over the last dim (exact, no sampling noise)."""
+    return (-0.5 * eps.square() - torch.log(std) - 0.5 * _LOG_2PI).sum(dim=-1)
+
+
+def _masked_mean(values: Tensor, weight: Tensor | None) -> Tensor:
+    if weight is None:
+        return values.mean()
+    return (values * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+class LNFMM(nn.Module):
+    r"""The LNFMM model for image captioning and text-to-image synthesis.
+
+    Which shared code conditions which prior: ``f_t`` models :math:`p(z'_t | z_s)` with
+    :math:`z_s` in *text space* (the space of the text encoder's shared code and of
+    :math:`f_s`'s output); ``f_v`` models :math:`p(z'_v | z_s)` with :math:`z_s` in *image space*.
+    In training, paired rows condition on the other domain's code mapped through :math:`f_s`
+    (``f_t`` on :math:`f_s(z_s^v)`, ``f_v`` on :math:`f_s^{-1}(z_s^t)`), as the official code
+    does and as inference does (``cross_condition=False``: each on its own code); unpaired
+    rows always use their own code.
+
+    Arguments:
+        config: The configuration (:class:`LNFMMConfig`).
+
+    Example:
+        >>> model = LNFMM(LNFMMConfig.small(vocab_size=20))
+        >>> images = torch.rand(4, 3, 64, 64)
+        >>> captions = torch.tensor([[1, 5, 6, 2, 0, 0]] * 4)
+        >>> out = model(images, captions)
+        >>> sorted(out)
+        ['align', 'kl_t', 'kl_v', 'logdet_fs', 'loss', 'rec_t', 'rec_v']
+        >>> model.sample_captions(images, num_samples=3).shape[:2]
+        torch.Size([4, 3])
+    """
+
+    def __init__(self, config: LNFMMConfig) -> None:
+        super().__init__()
+        if not isinstance(config, LNFMMConfig):
+            raise TypeError(f"config must be an LNFMMConfig, got {type(config).__name__}")
+        cfg = config
+        self.config = cfg
+        S = cfg.shared_dim
+        lv = cfg.learned_variance
+
+        # -- encoders --------------------------------------------------------------------------
+        if cfg.image_encoder == "features":
+            self.image_encoder: nn.Module = FeatureEncoder(cfg.image_feature_dim, cfg.image_encoder_hidden, cfg.image_code_dim, lv)
+        elif cfg.image_encoder == "conv":
+            self.image_encoder = ConvEncoder(cfg.conv_encoder_channels, cfg.image_encoder_hidden, cfg.image_code_dim, lv)
+        else:
+            self.image_encoder = VGG16Encoder(cfg.image_encoder_hidden, cfg.image_code_dim, lv, cfg.vgg16_weights)
+        if cfg.freeze_image_encoder:
+            # LNFMM (pre-trained): the image codes stay fixed, everything else adapts to them
+            self.image_encoder.requires_grad_(False)
+        self.text_encoder = TextEncoder(
+            cfg.vocab_size, cfg.word_embedding_dim, cfg.text_encoder_hidden, cfg.text_encoder_layers, cfg.text_code_dim, lv
+        )
+
+        # -- decoders --------------------------------------------------------------------------
+        self.text_decoder = TextDecoder(
+            cfg.vocab_size, cfg.text_code_dim, cfg.decoder_embedding_dim, cfg.decoder_hidden,
+            cfg.word_dropout, cfg.embedding_dropout,
+        )
+        if cfg.pixels:
+            self.image_decoder: nn.Module = Generator64(cfg.image_code_dim, S, cfg.generator_channels)
+        else:
+            self.image_decoder = FeatureDecoder(cfg.image_code_dim, cfg.image_feature_dim, cfg.feature_decoder_hidden)
+        self.discriminator = Discriminator64(S, cfg.discriminator_channels) if cfg.gan else None
+
+        # -- flows -----------------------------------------------------------------------------
+        self.f_s = build_fs(S, cfg.fs_layers, cfg.fs_hidden, cfg.fs_coupling, cfg.clamp) if cfg.alignment == "flow" else None
+        if cfg.prior == "flow":
+            self.f_t: nn.Module = build_prior_flow(
+                cfg.text_specific_dim, S, cfg.ft_layers, cfg.ft_hidden, cfg.ft_conv1x1, cfg.clamp, cfg.base_std
+            )
+            self.f_v: nn.Module | None = (
+                build_prior_flow(cfg.image_specific_dim, S, cfg.fv_layers, cfg.fv_hidden, False, cfg.clamp, cfg.base_std)
+                if cfg.image_specific_dim > 0
+                else None
+            )
+        else:
+            self.f_t = ConditionalGaussian(cfg.text_specific_dim, S, cfg.ft_hidden, cfg.base_std)
+            self.f_v = (
+                ConditionalGaussian(cfg.image_specific_dim, S, cfg.fv_hidden, cfg.base_std) if cfg.image_specific_dim > 0 else None
+            )
+
+        # -- fixed posterior std (official: 0.05 on every dim; +0.10 on z'_t, +0.05 on z'_v) -----
+        # independent noises add in variance, hence the square root
+        self.register_buffer("image_std", self._std_vector(cfg.image_specific_dim, cfg.image_noise_std), persistent=False)
+        self.register_buffer("text_std", self._std_vector(cfg.text_specific_dim, cfg.text_noise_std), persistent=False)
+
+    def _std_vector(self, specific: int, extra: float) -> Tensor:
+        cfg = self.config
+        shared = torch.full((cfg.shared_dim,), float(cfg.noise_std))
+        spec = torch.full((specific,), math.sqrt(cfg.noise_std**2 + extra**2))
+        return torch.cat([shared, spec])
+
+    # ------------------------------------------------------------------------------------------
+    # validation
+    # ------------------------------------------------------------------------------------------
+    def _check_images(self, images: Tensor, name: str = "images") -> int:
+        cfg = self.config
+        if not isinstance(images, Tensor):
+            raise LNFMMInputError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+        if _is_compiling():
+            return images.shape[0]
+        if cfg.pixels:
+            expected = (3, cfg.image_size, cfg.image_size)
+            if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+                raise LNFMMInputError(
+                    f"{name}: expected pixels of shape (batch, {', '.join(map(str, expected))}) for "
+                    f"image_encoder={cfg.image_encoder!r}, got {tuple(images.shape)}"
+                )
+        else:
+            if images.dim() != 2 or images.shape[1] != cfg.image_feature_dim:
+                got = images.shape[-1] if images.dim() >= 1 else "a scalar"
+                raise LNFMMInputError(
+                    f"{name}: expected features of shape (batch, {cfg.image_feature_dim}) (image_feature_dim), "
+                    f"got shape {tuple(images.shape)} (feature size {got})"
+                )
+        if images.shape[0] == 0:
+            raise LNFMMInputError(f"{name}: empty batch (0 rows)")
+        if not images.is_floating_point():
+            raise LNFMMInputError(f"{name} must be floating point, got {images.dtype}")
+        if not torch.isfinite(images).all():
+            raise LNFMMInputError(f"{name} contain NaN or inf")
+        return images.shape[0]
+
+    def _check_captions(self, captions: Tensor, name: str = "captions") -> int:
+        cfg = self.config
+        if not isinstance(captions, Tensor):
+            raise LNFMMInputError(f"{name} must be a torch.Tensor of token ids, got {type(captions).__name__}")
+        if _is_compiling():
+            return captions.shape[0]
+        if captions.dim() != 2:
+            raise LNFMMInputError(f"{name}: expected token ids of shape (batch, length), got {tuple(captions.shape)}")
+        if captions.shape[0] == 0:
+            raise LNFMMInputError(f"{name}: empty batch (0 rows)")
+        if captions.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+            raise LNFMMInputError(f"{name} must be integer token ids, got {captions.dtype}")
+        if captions.shape[1] < 2:
+            raise LNFMMInputError(f"{name}: need at least 2 tokens per row (start, end), got length {captions.shape[1]}")
+        lo, hi = int(captions.min()), int(captions.max())
+        if lo < 0 or hi >= cfg.vocab_size:
+            bad = hi if hi >= cfg.vocab_size else lo
+            raise LNFMMInputError(
+                f"{name}: token ids must be in [0, vocab_size={cfg.vocab_size}), got id {bad} (max id {hi}, "
+                f"min id {lo}); build the config with vocab_size=len(vocab)"
+            )
+        empty = ~(captions[:, 1:] != 0).any(dim=1)
+        if bool(empty.any()):
+            rows = empty.nonzero().flatten()[:5].tolist()
+            raise LNFMMInputError(f"{name}: rows {rows} have no token after the first (all padding)")
+        return captions.shape[0]
+
+    def _check_batch(self, images: Tensor | None, captions: Tensor | None, labeled: Tensor | None) -> int:
+        if images is None and captions is None:
+            raise LNFMMInputError("give images, captions or both")
+        b_img = None if images is None else self._check_images(images)
+        b_cap = None if captions is None else self._check_captions(captions)
+        if b_img is not None and b_cap is not None and b_img != b_cap:
+            raise LNFMMInputError(f"mismatched batch sizes: {b_img} images and {b_cap} captions")
+        b = b_img if b_img is not None else b_cap
+        assert b is not None
+        if labeled is not None:
+            if images is None or captions is None:
+                raise LNFMMInputError("labeled marks image-caption pairs; it needs both images and captions")
+            if not isinstance(labeled, Tensor) or labeled.dtype != torch.bool or tuple(labeled.shape) != (b,):
+                shape = tuple(labeled.shape) if isinstance(labeled, Tensor) else type(labeled).__name__
+                raise LNFMMInputError(f"labeled must be a bool tensor of shape ({b},), got {shape}")
+        return b
+
+    # ------------------------------------------------------------------------------------------
+    # codes
+    # ------------------------------------------------------------------------------------------
+    def _posterior(self, mu: Tensor, logvar: Tensor | None, fixed_std: Tensor, sample: bool) -> tuple[Tensor, Tensor, Tensor]:
+        r"""Returns (z, eps, std) with z = mu + std * eps; eps = 0 when not sampling."""
+        std = torch.exp(0.5 * logvar) if logvar is not None else fixed_std.to(mu.dtype).expand_as(mu)
+        eps = torch.randn_like(mu) if sample else torch.zeros_like(mu)
+        return mu + std * eps, eps, std
+
+    def _fs(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        if self.f_s is None:  # LNFMM-MSE: the shared codes are compared directly
+            return z, z.new_zeros(z.shape[0])
+        return self.f_s(z)
+
+    def _fs_inverse(self, z: Tensor) -> Tensor:
+        return z if self.f_s is None else self.f_s.inverse(z)[0]
+
+    def encode_images(self, images: Tensor) -> dict[str, Tensor]:
+        r"""Posterior means of an image batch.
+
+        Returns a dict with ``code`` [z_s^v, z'_v] (B, shared+image_specific), ``shared`` (image
+        space), ``specific``, ``shared_text`` (:math:`f_s` of ``shared``, the captioning
+        condition) and ``logvar`` when the variance is learned. ``shared``/``code`` are the
+        image features used by consensus re-ranking.
+
+        Arguments:
+            images: (B, 3, H, W) in [0, 1], or (B, F) features.
+        """
+        self._check_images(images)
+        mu, logvar = self.image_encoder(images)
+        S = self.config.shared_dim
+        out = {"code": mu, "shared": mu[:, :S], "specific": mu[:, S:], "shared_text": self._fs(mu[:, :S])[0]}
+        if logvar is not None:
+            out["logvar"] = logvar
+        return out
+
+    def encode_captions(self, captions: Tensor) -> dict[str, Tensor]:
+        r"""Posterior means of a caption batch.
+
+        Returns ``code`` [z_s^t, z'_t], ``shared`` (text space), ``specific``, ``shared_image``
+        (:math:`f_s^{-1}` of ``shared``, the text-to-image condition) and ``logvar`` if learned.
+
+        Arguments:
+            captions: (B, L) token ids ``[start, words..., end, pad...]``.
+        """
+        self._check_captions(captions)
+        mu, logvar = self.text_encoder(captions)
+        S = self.config.shared_dim
+        out = {"code": mu, "shared": mu[:, :S], "specific": mu[:, S:], "shared_image": self._fs_inverse(mu[:, :S])}
+        if logvar is not None:
+            out["logvar"] = logvar
+        return out
+
+    def decode_images(self, shared_image: Tensor, specific: Tensor | None = None) -> Tensor:
+        r"""Image decoder on an image-space shared code and z'_v (None for LNFMM-TXT).
+
+        Returns (B, 3, H, W) in [0, 1] or (B, F) features. Differentiable (for IvOM).
+        """
+        code = shared_image if specific is None else torch.cat([shared_image, specific], dim=-1)
+        return self.image_decoder(code)
+
+    # ------------------------------------------------------------------------------------------
+    # training loss
+    # ------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        images: Tensor | None,
+        captions: Tensor | None,
+        labeled: Tensor | None = None,
+        *,
+        sample_posterior: bool | None = None,
+    ) -> dict[str, Tensor]:
+        r"""Computes the loss of Eq. 10 and its terms on a batch.
+
+        Every term is a scalar averaged over the rows it applies to: ``kl_t``/``rec_t`` over
+        rows with a caption, ``kl_v``/``rec_v`` over rows with an image, ``align``/``logdet_fs``
+        over labeled pairs. ``loss = lambda_kl_t kl_t + lambda_kl_v kl_v - lambda_logdet
+        logdet_fs + lambda_align align + lambda_rec_t rec_t + lambda_rec_v rec_v`` (+
+        ``lambda_adv adv`` with ``gan=True``).
+
+        Arguments:
+            images: (B, 3, H, W) in [0, 1] or (B, F) features; None for a caption-only batch.
+            captions: (B, L) token ids; None for an image-only batch.
+            labeled: (B,) bool, which rows are true pairs (semi-supervised); None: all, when
+                both domains are given. Unlabeled rows train their own encoders, decoders and
+                priors only (no ``align``/``logdet_fs``; priors conditioned on their own code).
+            sample_posterior: Draw the reparameterized noise (default: in training mode). In
+                eval mode the codes are the posterior means, so eval losses are deterministic.
+
+        Returns:
+            A dict of scalars: ``loss``, ``kl_t``, ``kl_v``, ``logdet_fs``, ``align``, ``rec_t``,
+            ``rec_v`` (+ ``adv`` with ``gan=True``). Absent parts are 0.
+        """
+        cfg = self.config
+        self._check_batch(images, captions, labeled)
+        sample = self.training if sample_posterior is None else bool(sample_posterior)
+        S = cfg.shared_dim
+        ref = images if images is not None else captions
+        assert ref is not None
+        dtype = next(self.text_decoder.parameters()).dtype
+        zero = torch.zeros((), dtype=dtype, device=ref.device)
+        terms = {k: zero for k in ("kl_t", "kl_v", "logdet_fs", "align", "rec_t", "rec_v")}
+        paired = images is not None and captions is not None
+        weight = None if labeled is None else labeled.to(dtype)
+        lab = None if labeled is None else labeled.unsqueeze(1)
+
+        if images is not None:
+            mu_v, logvar_v = self.image_encoder(images)
+            z_v, eps_v, std_v = self._posterior(mu_v, logvar_v, self.image_std, sample)
+            zs_v, zp_v = z_v[:, :S], z_v[:, S:]
+        if captions is not None:
+            mu_t, logvar_t = self.text_encoder(captions)
+            z_t, eps_t, std_t = self._posterior(mu_t, logvar_t, self.text_std, sample)
+            zs_t, zp_t = z_t[:, :S], z_t[:, S:]
+
+        # -- alignment of the shared codes (labeled pairs only) ---------------------------------
+        if paired:
+            fs_v, logdet = self._fs(zs_v)  # image space -> text space
+            terms["align"] = _masked_mean((fs_v - zs_t).square().sum(dim=1), weight)
+            terms["logdet_fs"] = _masked_mean(logdet, weight)
+
+        # -- text: prior KL (Eq. 8, one sample) and reconstruction ------------------------------
+        if captions is not None:
+            ctx_t = zs_t
+            if paired and cfg.cross_condition:
+                ctx_t = fs_v if lab is None else torch.where(lab, fs_v, zs_t)
+            log_p = self.f_t.log_prob(zp_t, context=ctx_t)
+            log_q = _gaussian_log_q(eps_t[:, S:], std_t[:, S:])
+            terms["kl_t"] = (log_q - log_p).mean()
+            logits = self.text_decoder(captions[:, :-1], z_t)
+            nll = F.cross_entropy(rearrange(logits, "b t v -> b v t"), captions[:, 1:].long(), ignore_index=0, reduction="none")
+            terms["rec_t"] = nll.sum(dim=1).mean()  # summed over tokens: the caption's NLL
+
+        # -- image: prior KL and reconstruction --------------------------------------------------
+        if images is not None:
+            ctx_v = zs_v
+            if paired and cfg.cross_condition:
+                back = self._fs_inverse(zs_t)  # text space -> image space
+                ctx_v = back if lab is None else torch.where(lab, back, zs_v)
+            if self.f_v is not None:
+                log_p = self.f_v.log_prob(zp_v, context=ctx_v)
+                log_q = _gaussian_log_q(eps_v[:, S:], std_v[:, S:])
+                terms["kl_v"] = (log_q - log_p).mean()
+            recon = self.image_decoder(z_v)
+            diff = recon - images
+            err = diff.abs() if cfg.image_rec_loss == "l1" else diff.square()
+            terms["rec_v"] = rearrange(err, "b ... -> b (...)").sum(dim=1).mean()
+            if self.discriminator is not None:
+                # eval mode: the prior's mode (temperature 0), so eval losses are deterministic
+                terms["adv"] = self._generator_adversarial(ctx_v, 1.0 if sample else 0.0)
+
+        loss = (
+            cfg.lambda_kl_t * terms["kl_t"]
+            + cfg.lambda_kl_v * terms["kl_v"]
+            - cfg.lambda_logdet * terms["logdet_fs"]
+            + cfg.lambda_align * terms["align"]
+            + cfg.lambda_rec_t * terms["rec_t"]
+            + cfg.lambda_rec_v * terms["rec_v"]
+        )
+        if "adv" in terms:
+            loss = loss + cfg.lambda_adv * terms["adv"]
+        return {"loss": loss, **terms}
+
+    # ------------------------------------------------------------------------------------------
+    # GAN (text-to-image)
+    # ------------------------------------------------------------------------------------------
+    def _fake_images(self, cond: Tensor, temperature: float = 1.0) -> Tensor:
+        r"""Text-to-image samples for an image-space condition; the latents are detached so that
+        the adversarial game trains the decoder only ("does not affect the joint latent space")."""
+        cond = cond.detach()
+        if self.f_v is None:
+            return self.decode_images(cond)
+        zp = rearrange(self.f_v.sample(1, context=cond, temperature=temperature), "b 1 d -> b d").detach()
+        return self.decode_images(cond, zp)
+
+    def _generator_adversarial(self, cond: Tensor, temperature: float) -> Tensor:
+        assert self.discriminator is not None
+        fake = self._fake_images(cond, temperature)
+        # hinge loss, generator side; this also writes gradients into the discriminator's
+        # parameters: the discriminator step zeroes them first
+        return -self.discriminator(fake, cond.detach()).mean()
+
+    def discriminator_loss(self, images: Tensor, captions: Tensor) -> Tensor:
+        r"""Hinge loss of the discriminator on real images and text-to-image fakes.
+
+        :math:`\mathbb{E}[\max(0, 1 - D(x, c))] + \mathbb{E}[\max(0, 1 + D(\tilde x, c))]` with
+        :math:`c = f_s^{-1}(z_s^t)` of the caption and :math:`\tilde x` decoded from :math:`c`
+        and :math:`z'_v \sim p(z'_v | c)`. Only the discriminator gets gradients.
+
+        Arguments:
+            images: Real images (B, 3, H, W) matching ``captions``.
+            captions: Token ids (B, L).
+        """
+        if self.discriminator is None:
+            raise RuntimeError("discriminator_loss needs a model built with gan=True")
+        self._check_batch(images, captions, None)
+        with torch.no_grad():
+            cond = self.encode_captions(captions)["shared_image"]
+            fake = self._fake_images(cond)
+        real_score = self.discriminator(images, cond)
+        fake_score = self.discriminator(fake, cond)
+        return F.relu(1.0 - real_score).mean() + F.relu(1.0 + fake_score).mean()
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        r"""The discriminator's parameters (empty without ``gan``); not in :meth:`optimizer_groups`."""
+        return [] if self.discriminator is None else list(self.discriminator.parameters())
+
+    def discriminator_group(self) -> dict:
+        r"""The discriminator's param group: lr 3e-4 and Adam betas (0, 0.999) as in the official code."""
+        cfg = self.config
+        return {
+            "name": "discriminator",
+            "params": self.discriminator_parameters(),
+            "lr": cfg.discriminator_lr,
+            "clip_value": cfg.grad_clip,
+            "betas": (0.0, 0.999),
+        }
+
+    # ------------------------------------------------------------------------------------------
+    # optimisation
+    # ------------------------------------------------------------------------------------------
+    def optimizer_groups(self) -> list[dict]:
+        r"""Param groups for ``torch.optim.Adam``: one per part, each with ``name``, ``params``,
+        ``lr`` and ``clip_value`` (the gradient value clip of that part).
+
+        Official settings: the image encoder at lr 1e-5, the rest at 1e-4; value clip 1.0, 5.0
+        for f_v. Frozen or absent parts are left out; the discriminator has its own group
+        (:meth:`discriminator_group`).
+
+        Example:
+            >>> model = LNFMM(LNFMMConfig.small(vocab_size=20))
+            >>> opt = torch.optim.Adam(model.optimizer_groups())
+            >>> [g["name"] for g in model.optimizer_groups()][:3]
+            ['image_encoder', 'text_encoder', 'text_decoder']
+        """
+        cfg = self.config
+        parts: list[tuple[str, nn.Module | None, float, float]] = [
+            ("image_encoder", self.image_encoder, cfg.image_encoder_lr, cfg.grad_clip),
+            ("text_encoder", self.text_encoder, cfg.lr, cfg.grad_clip),
+            ("text_decoder", self.text_decoder, cfg.lr, cfg.grad_clip),
+            ("image_decoder", self.image_decoder, cfg.lr, cfg.grad_clip),
+            ("f_s", self.f_s, cfg.lr, cfg.grad_clip),
+            ("f_t", self.f_t, cfg.lr, cfg.grad_clip),
+            ("f_v", self.f_v, cfg.lr, cfg.fv_grad_clip),
+        ]
+        groups = []
+        for name, module, lr, clip in parts:
+            if module is None:
+                continue
+            params = [p for p in module.parameters() if p.requires_grad]
+            if params:
+                groups.append({"name": name, "params": params, "lr": lr, "clip_value": clip})
+        return groups
+
+    # ------------------------------------------------------------------------------------------
+    # inference
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_captions(
+        self,
+        images: Tensor,
+        num_samples: int,
+        temperature: float = 1.0,
+        method: str = "greedy",
+        beam_width: int = 2,
+        max_len: int | None = None,
+    ) -> Tensor:
+        r"""Diverse captions for images: :math:`z_s = f_s(\mu(z_s^v))`, :math:`z'_t \sim p(z'_t | z_s)`.
+
+        All B * S latents are drawn in one flow call and decoded in one batch.
+
+        Arguments:
+            images: (B, 3, H, W) in [0, 1] or (B, F) features.
+            num_samples: Captions per image S (the paper: 100).
+            temperature: Scales the prior's base samples; 0 gives one deterministic caption.
+            method: ``"greedy"`` or ``"beam"`` (official width: 2).
+            beam_width: The beam width.
+            max_len: The output length (default: ``max_caption_len``).
+
+        Returns:
+            Token ids (B, S, max_len) ``[start, words..., end, pad...]``.
+        """
+        if method not in ("greedy", "beam"):
+            raise ValueError(f"method must be 'greedy' or 'beam', got {method!r}")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        max_len = self.config.max_caption_len if max_len is None else int(max_len)
+        shared = self.encode_images(images)["shared_text"]
+        specific = self.f_t.sample(num_samples, context=shared, temperature=temperature)
+        latent = torch.cat([repeat(shared, "b d -> b s d", s=num_samples), specific], dim=-1)
+        latent = rearrange(latent, "b s d -> (b s) d")
+        if method == "greedy":
+            ids = greedy_decode(self.text_decoder, latent, max_len)
+        else:
+            ids = beam_search(self.text_decoder, latent, max_len, beam_width)
+        return rearrange(ids, "(b s) l -> b s l", s=num_samples)
+
+    @torch.no_grad()
+    def sample_images(self, captions: Tensor, num_samples: int, temperature: float = 1.0) -> Tensor:
+        r"""Diverse images for captions: :math:`z_s = f_s^{-1}(\mu(z_s^t))`, :math:`z'_v \sim p(z'_v | z_s)`.
+
+        Call ``model.eval()`` first: the generator's batch norm uses batch statistics in
+        training mode.
+
+        Arguments:
+            captions: (B, L) token ids.
+            num_samples: Images per caption S.
+            temperature: Scales the prior's base samples.
+
+        Returns:
+            (B, S, 3, H, W) in [0, 1], or (B, S, F) features for the "features" encoder. With
+            ``image_specific_dim=0`` (LNFMM-TXT) the S images are identical.
+        """
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        shared = self.encode_captions(captions)["shared_image"]
+        shared_rep = rearrange(repeat(shared, "b d -> b s d", s=num_samples), "b s d -> (b s) d")
+        if self.f_v is None:
+            out = self.decode_images(shared_rep)
+        else:
+            specific = self.f_v.sample(num_samples, context=shared, temperature=temperature)
+            out = self.decode_images(shared_rep, rearrange(specific, "b s d -> (b s) d"))
+        return rearrange(out, "(b s) ... -> b s ...", s=num_samples)
+
+    def extra_repr(self) -> str:
+        cfg = self.config
+        return (
+            f"image_encoder={cfg.image_encoder!r}, alignment={cfg.alignment!r}, prior={cfg.prior!r}, "
+            f"shared_dim={cfg.shared_dim}, image_specific_dim={cfg.image_specific_dim}, "
+            f"text_specific_dim={cfg.text_specific_dim}, gan={cfg.gan}"
+        )

@@ -1,0 +1,607 @@
+r"""Numerical checks for invertible transforms: round trips, log-determinants, shapes.
+
+Every check works on a *deep copy* of the transform (by default converted to float64 and put
+in eval mode), so checking never changes the layer you pass in, not even the data-dependent
+initialisation of an ActNorm.
+
+.. code-block:: python
+
+    from flowkit.testing import check_invertible, check_log_det, check_transform
+
+    check_invertible(layer, x, context)   # raises CheckFailed naming the layer and the error
+    check_log_det(layer, x, context)      # analytic log-det vs autograd Jacobian + slogdet
+    check_transform(layer, x, context)    # all of the above plus shapes, dtypes, determinism
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CheckFailed",
+    "CheckResult",
+    "check_invertible",
+    "check_log_det",
+    "check_shapes",
+    "check_deterministic",
+    "check_batch_independent",
+    "check_transform",
+    "randomize_parameters",
+    "prepared_copy",
+    "layer_name",
+]
+
+
+class CheckFailed(AssertionError):
+    r"""Raised when a check finds a mismatch; :attr:`result` holds the full :class:`CheckResult`."""
+
+    def __init__(self, result: "CheckResult") -> None:
+        super().__init__(result.message)
+        self.result = result
+
+
+@dataclass
+class CheckResult:
+    r"""The outcome of one check; truthy when the check passed.
+
+    Arguments:
+        check: The name of the check (``"check_invertible"``, ...).
+        layer: A short description of the layer that was checked.
+        ok: Whether the check passed.
+        max_error: The largest absolute difference found (0 for checks without a tolerance).
+        worst_sample: The batch index of the worst sample, or None.
+        expected: The expected value at the worst place, or None.
+        got: The value the layer produced there, or None.
+        message: A human-readable summary.
+        details: Per-sub-check results (for :func:`check_transform`).
+    """
+
+    check: str
+    layer: str
+    ok: bool
+    max_error: float = 0.0
+    worst_sample: int | None = None
+    expected: Any = None
+    got: Any = None
+    message: str = ""
+    details: list["CheckResult"] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def layer_name(t: nn.Module) -> str:
+    r"""A one-line description of a layer: its class name and its ``extra_repr``.
+
+    Arguments:
+        t: A module.
+
+    Example:
+        >>> layer_name(torch.nn.Linear(2, 3))
+        'Linear(in_features=2, out_features=3, bias=True)'
+    """
+    extra = t.extra_repr().replace("\n", " ")
+    if not extra:
+        # Containers (Sequential, Inverse, wrappers): name their children instead.
+        kids = [type(m).__name__ for m in t.children()]
+        if len(kids) == 1 and isinstance(getattr(t, "transforms", None), nn.ModuleList):
+            kids = [type(m).__name__ for m in t.transforms]  # type: ignore[union-attr]
+        extra = ", ".join(kids[:6]) + (f", ... ({len(kids)} layers)" if len(kids) > 6 else "")
+    return f"{type(t).__name__}({extra})"
+
+
+def _is_transform(m: nn.Module) -> bool:
+    return callable(getattr(m, "inverse", None))
+
+
+def _blame(
+    tc: nn.Module, x: Tensor, context: Tensor | None, check: Callable[..., "CheckResult"], **kwargs: Any
+) -> str:
+    # For a failing composite, find the first innermost sub-transform that fails the same check
+    # on the input it receives inside the composite; returns "" when none can be singled out.
+    subs = [(n, m) for n, m in tc.named_modules() if n and _is_transform(m)]
+    leaves = [(n, m) for n, m in subs if not any(_is_transform(c) for c in m.modules() if c is not m)]
+    if not leaves:
+        return ""
+    seen: dict[str, tuple[Tensor, Tensor | None]] = {}
+
+    def hook(name: str) -> Callable[..., None]:
+        def capture(module: nn.Module, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
+            if name not in seen and args:
+                seen[name] = (args[0], args[1] if len(args) > 1 else kw.get("context"))
+
+        return capture
+
+    handles = [m.register_forward_pre_hook(hook(n), with_kwargs=True) for n, m in leaves]
+    try:
+        with torch.no_grad():
+            _call(tc, x, context)
+    except Exception:  # noqa: BLE001 - blame is best effort
+        return ""
+    finally:
+        for h in handles:
+            h.remove()
+    for n, m in leaves:
+        if n not in seen:
+            continue
+        xi, ci = seen[n]
+        try:
+            r = check(m, xi, ci, raise_on_failure=False, dtype=None, warm_up=False, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            return f" [culprit: sub-layer {n!r} = {layer_name(m)} raised {type(e).__name__}: {e}]"
+        if not r.ok:
+            return f" [culprit: sub-layer {n!r} = {layer_name(m)}, max abs difference {r.max_error:.3e}]"
+    return ""
+
+
+def prepared_copy(t: nn.Module, dtype: torch.dtype | None = torch.float64, eval: bool = True) -> nn.Module:
+    r"""Returns a deep copy of ``t``, converted to ``dtype`` (None keeps it) and in eval mode.
+
+    Arguments:
+        t: The transform.
+        dtype: The floating dtype of the copy; ``None`` keeps the parameters' dtype.
+        eval: Whether to put the copy in eval mode (dropout and batch statistics off).
+    """
+    c = copy.deepcopy(t)
+    if dtype is not None:
+        c = c.to(dtype)
+    if eval:
+        c.eval()
+    return c
+
+
+def _as(x: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
+    if x is None:
+        return None
+    x = x.detach()
+    return x.to(dtype) if dtype is not None else x.clone()
+
+
+def _worst(diff: Tensor, tol: Tensor) -> tuple[float, int, tuple[int, ...], bool]:
+    # diff and tol have the same shape (B,) or (B, D); returns the worst absolute error, its
+    # sample, its full index, and whether every entry is within tolerance (NaN fails).
+    excess = diff - tol
+    bad = ~(excess <= 0)  # NaN-safe: NaN compares False
+    if bad.any():
+        score = torch.where(torch.isnan(excess), torch.full_like(excess, float("inf")), excess)
+    else:
+        score = diff
+    flat = int(torch.argmax(score.reshape(-1)))
+    idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
+    max_err = float(diff.max()) if not torch.isnan(diff).any() else float("nan")
+    return max_err, idx[0], idx, not bool(bad.any())
+
+
+def _finish(result: CheckResult, raise_on_failure: bool) -> CheckResult:
+    if not result.ok and raise_on_failure:
+        raise CheckFailed(result)
+    return result
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, Tensor):
+        v = v.detach().cpu()
+        if v.numel() == 1:
+            return f"{float(v):.12g}"
+        return str([round(float(a), 10) for a in v.reshape(-1)[:8]]) + (" ..." if v.numel() > 8 else "")
+    if isinstance(v, float):
+        return f"{v:.12g}"
+    return repr(v)
+
+
+def _call(t: nn.Module, x: Tensor, context: Tensor | None, inverse: bool = False) -> tuple[Tensor, Tensor]:
+    fn = t.inverse if inverse else t
+    return fn(x, context=context)
+
+
+# -- public checks --------------------------------------------------------------------------
+
+
+def check_invertible(
+    t: nn.Module,
+    x: Tensor,
+    context: Tensor | None = None,
+    atol: float = 1e-10,
+    rtol: float = 1e-9,
+    raise_on_failure: bool = True,
+    dtype: torch.dtype | None = torch.float64,
+    warm_up: bool = True,
+) -> CheckResult:
+    r"""Checks that ``inverse`` undoes ``forward`` (and vice versa) and that their log-dets cancel.
+
+    Four comparisons on a float64 copy of ``t``: :math:`f^{-1}(f(x)) = x`,
+    :math:`f(f^{-1}(x)) = x`, and :math:`\log|J_f(x)| + \log|J_{f^{-1}}(f(x))| = 0`
+    (likewise for the second round trip). An entry passes when
+    ``|got - expected| <= atol + rtol * |expected|``.
+
+    Arguments:
+        t: The transform, with the protocol ``y, ld = t(x, context)`` and ``t.inverse``.
+        x: A batch of inputs, ``(B, D)``; also used as latent input of the second round trip.
+        context: The context, ``(B, C)``, or None.
+        atol: The absolute tolerance.
+        rtol: The relative tolerance.
+        raise_on_failure: Raise :class:`CheckFailed` on a mismatch (else return the result).
+        dtype: The dtype the copy of ``t`` and the data are converted to; None keeps them.
+        warm_up: Run one forward pass on the whole batch first (initialises ActNorm-like layers
+            on the copy, the way a first training batch would).
+
+    Returns:
+        A :class:`CheckResult`, truthy when the check passed.
+
+    Example:
+        >>> t = flowkit.AffineCoupling(4, hidden_features=8)
+        >>> bool(check_invertible(t, torch.randn(3, 4)))
+        True
+    """
+    name = layer_name(t)
+    tc = prepared_copy(t, dtype)
+    x = _as(x, dtype)
+    context = _as(context, dtype)
+    with torch.no_grad():
+        if warm_up:
+            _call(tc, x, context)
+        y, ld_f = _call(tc, x, context)
+        x_inv, ld_i2 = _call(tc, x, context, inverse=True)
+        for what, out in (("forward(x)", y), ("inverse(x)", x_inv), ("forward log-det", ld_f), ("inverse log-det", ld_i2)):
+            bad = ~torch.isfinite(out.reshape(out.shape[0], -1)).all(dim=1) if out.dim() else ~torch.isfinite(out)
+            if bad.any():
+                sample = int(torch.nonzero(bad.reshape(-1))[0])
+                msg = f"check_invertible failed for {name}: {what} is NaN or inf at sample {sample}"
+                return _finish(
+                    CheckResult("check_invertible", name, False, float("inf"), sample, message=msg), raise_on_failure
+                )
+        x_rec, ld_i = _call(tc, y, context, inverse=True)
+        x_rec2, ld_f2 = _call(tc, x_inv, context)
+
+    comparisons = [
+        ("inverse(forward(x)) != x", x, x_rec),
+        ("forward(inverse(x)) != x", x, x_rec2),
+        ("forward log-det + inverse log-det at forward(x) != 0", -ld_f, ld_i),
+        ("inverse log-det + forward log-det at inverse(x) != 0", -ld_i2, ld_f2),
+    ]
+    results = []
+    for what, expected, got in comparisons:
+        if got.shape != expected.shape:
+            return _finish(
+                CheckResult(
+                    "check_invertible",
+                    name,
+                    False,
+                    float("inf"),
+                    message=f"check_invertible failed for {name}: {what.split(' !=')[0]} has shape "
+                    f"{tuple(got.shape)}, expected {tuple(expected.shape)}",
+                ),
+                raise_on_failure,
+            )
+        diff = (got - expected).abs()
+        tol = atol + rtol * expected.abs()
+        err, sample, idx, ok = _worst(diff, tol)
+        results.append((err if err == err else float("inf"), ok, what, sample, idx, expected[idx], got[idx]))
+
+    failing = [r for r in results if not r[1]]
+    err, ok, what, sample, idx, exp, got_v = max(failing or results, key=lambda r: r[0])
+    max_err = max(r[0] for r in results)
+    where = f"sample {sample}" + (f", feature {idx[1]}" if len(idx) > 1 else "")
+    if ok and not failing:
+        msg = f"check_invertible passed for {name}: max abs difference {max_err:.3e}"
+    else:
+        msg = (
+            f"check_invertible failed for {name}: {what}; worst at {where}: expected {_fmt(exp)}, "
+            f"got {_fmt(got_v)}; max abs difference {err:.3e} > atol={atol:g} + rtol={rtol:g}*|expected|"
+        )
+        msg += _blame(tc, x, context, check_invertible, atol=atol, rtol=rtol)
+    return _finish(
+        CheckResult("check_invertible", name, not failing, max_err, sample, exp, got_v, msg), raise_on_failure
+    )
+
+
+def jacobian_log_det(
+    t: nn.Module, x: Tensor, context: Tensor | None = None, inverse: bool = False
+) -> tuple[Tensor, Tensor]:
+    r"""The per-sample log-absolute-determinant of the Jacobian of ``t`` (or ``t.inverse``) by autograd.
+
+    Samples of a batch are independent, so the Jacobian of the batch-summed output
+    :math:`\sum_b f(x)_b` with respect to ``x`` holds every per-sample Jacobian:
+    ``J[:, b, :]`` is the Jacobian of sample ``b``. That costs D backward passes in total.
+
+    Arguments:
+        t: The transform (use it in eval mode).
+        x: The input, ``(B, D)``.
+        context: The context or None.
+        inverse: Differentiate ``t.inverse`` instead of ``t``.
+
+    Returns:
+        ``(slogdet, analytic)``: the autograd log-det ``(B,)`` and the layer's own ``(B,)``.
+    """
+    with torch.no_grad():
+        _, analytic = _call(t, x, context, inverse)
+
+    def summed(inp: Tensor) -> Tensor:
+        out, _ = _call(t, inp, context, inverse)
+        return out.sum(0)
+
+    jac = torch.autograd.functional.jacobian(summed, x.detach())  # (D, B, D)
+    jac = jac.permute(1, 0, 2)  # (B, D_out, D_in)
+    _, logabsdet = torch.linalg.slogdet(jac)
+    return logabsdet, analytic
+
+
+def check_log_det(
+    t: nn.Module,
+    x: Tensor,
+    context: Tensor | None = None,
+    atol: float = 1e-8,
+    rtol: float = 1e-8,
+    raise_on_failure: bool = True,
+    inverse: bool = True,
+    dtype: torch.dtype | None = torch.float64,
+    warm_up: bool = True,
+) -> CheckResult:
+    r"""Checks the analytic log-determinant against autograd's Jacobian and ``slogdet``.
+
+    On a float64 copy of ``t``, the Jacobian of the per-sample map is computed with
+    :func:`torch.autograd.functional.jacobian` and its :func:`torch.linalg.slogdet` is compared
+    with the ``logabsdet`` the layer returns, at ``x`` for the forward map and (with
+    ``inverse=True``) at ``forward(x)`` for the inverse map.
+
+    Arguments:
+        t: The transform.
+        x: A batch of inputs, ``(B, D)``.
+        context: The context, ``(B, C)``, or None.
+        atol: The absolute tolerance.
+        rtol: The relative tolerance, relative to ``|slogdet|``.
+        raise_on_failure: Raise :class:`CheckFailed` on a mismatch (else return the result).
+        inverse: Also check the log-det of ``t.inverse``.
+        dtype: The dtype the copy of ``t`` and the data are converted to; None keeps them.
+        warm_up: Run one forward pass on the whole batch first (see :func:`check_invertible`).
+
+    Returns:
+        A :class:`CheckResult`, truthy when the check passed.
+
+    Example:
+        >>> t = flowkit.ActNorm(4)
+        >>> check_log_det(t, torch.randn(8, 4)).max_error < 1e-8
+        True
+    """
+    name = layer_name(t)
+    tc = prepared_copy(t, dtype)
+    x = _as(x, dtype)
+    context = _as(context, dtype)
+    if warm_up:
+        with torch.no_grad():
+            _call(tc, x, context)
+    todo = [("forward", x, False)]
+    if inverse:
+        with torch.no_grad():
+            y, _ = _call(tc, x, context)
+        todo.append(("inverse", y, True))
+
+    results = []
+    for direction, inp, inv in todo:
+        expected, got = jacobian_log_det(tc, inp, context, inverse=inv)
+        if got.shape != expected.shape:
+            msg = (
+                f"check_log_det failed for {name}: {direction} logabsdet has shape {tuple(got.shape)}, "
+                f"expected {tuple(expected.shape)} (one value per sample)"
+            )
+            return _finish(CheckResult("check_log_det", name, False, float("inf"), message=msg), raise_on_failure)
+        diff = (got.to(expected.dtype) - expected).abs()
+        err, sample, _, ok = _worst(diff, atol + rtol * expected.abs())
+        results.append((err if err == err else float("inf"), ok, direction, sample, expected[sample], got[sample]))
+
+    failing = [r for r in results if not r[1]]
+    err, ok, direction, sample, exp, got_v = max(failing or results, key=lambda r: r[0])
+    max_err = max(r[0] for r in results)
+    if not failing:
+        msg = f"check_log_det passed for {name}: max abs difference {max_err:.3e}"
+    else:
+        msg = (
+            f"check_log_det failed for {name}: {direction} logabsdet differs from slogdet of the autograd "
+            f"Jacobian; worst sample {sample}: expected {_fmt(exp)}, got {_fmt(got_v)}; "
+            f"max abs difference {err:.3e} > atol={atol:g} + rtol={rtol:g}*|expected|"
+        )
+        msg += _blame(tc, x, context, check_log_det, atol=atol, rtol=rtol, inverse=inverse)
+    return _finish(
+        CheckResult("check_log_det", name, not failing, max_err, sample, exp, got_v, msg), raise_on_failure
+    )
+
+
+def check_shapes(
+    t: nn.Module,
+    x: Tensor,
+    context: Tensor | None = None,
+    raise_on_failure: bool = True,
+    dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64),
+) -> CheckResult:
+    r"""Checks that outputs have x's shape and dtype and ``logabsdet`` is ``(B,)`` in x's dtype.
+
+    Both directions are checked for every dtype in ``dtypes`` (the layer is copied and
+    converted to each).
+
+    Arguments:
+        t: The transform.
+        x: A batch of inputs, ``(B, D)``.
+        context: The context, ``(B, C)``, or None.
+        raise_on_failure: Raise :class:`CheckFailed` on a mismatch (else return the result).
+        dtypes: The dtypes to check.
+    """
+    name = layer_name(t)
+    problems: list[str] = []
+    for dt in dtypes:
+        tc = prepared_copy(t, dt)
+        xd, cd = _as(x, dt), _as(context, dt)
+        with torch.no_grad():
+            for direction, inv in (("forward", False), ("inverse", True)):
+                out = _call(tc, xd, cd, inv)
+                if not (isinstance(out, tuple) and len(out) == 2):
+                    problems.append(f"{direction} must return a (outputs, logabsdet) tuple, got {type(out).__name__}")
+                    continue
+                y, ld = out
+                if y.shape != xd.shape or y.dtype != dt:
+                    problems.append(
+                        f"{direction} output is {tuple(y.shape)} {y.dtype} for input {tuple(xd.shape)} {dt}"
+                    )
+                if ld.shape != (xd.shape[0],) or ld.dtype != dt:
+                    problems.append(
+                        f"{direction} logabsdet is {tuple(ld.shape)} {ld.dtype}, expected ({xd.shape[0]},) {dt}"
+                    )
+    ok = not problems
+    msg = (
+        f"check_shapes passed for {name}"
+        if ok
+        else f"check_shapes failed for {name}: " + "; ".join(dict.fromkeys(problems))
+    )
+    return _finish(CheckResult("check_shapes", name, ok, 0.0 if ok else float("inf"), message=msg), raise_on_failure)
+
+
+def check_deterministic(
+    t: nn.Module, x: Tensor, context: Tensor | None = None, raise_on_failure: bool = True
+) -> CheckResult:
+    r"""Checks that two eval-mode forward passes on the same input agree exactly.
+
+    Arguments:
+        t: The transform.
+        x: A batch of inputs, ``(B, D)``.
+        context: The context, ``(B, C)``, or None.
+        raise_on_failure: Raise :class:`CheckFailed` on a mismatch (else return the result).
+    """
+    name = layer_name(t)
+    tc = prepared_copy(t, torch.float64)
+    xd, cd = _as(x, torch.float64), _as(context, torch.float64)
+    with torch.no_grad():
+        _call(tc, xd, cd)  # warm-up (data-dependent init)
+        y1, l1 = _call(tc, xd, cd)
+        y2, l2 = _call(tc, xd, cd)
+    err = max(float((y1 - y2).abs().max()), float((l1 - l2).abs().max()))
+    ok = err == 0.0
+    msg = (
+        f"check_deterministic passed for {name}"
+        if ok
+        else f"check_deterministic failed for {name}: two eval-mode forward passes differ by {err:.3e} "
+        f"(dropout or state that changes on every call?)"
+    )
+    return _finish(CheckResult("check_deterministic", name, ok, err, message=msg), raise_on_failure)
+
+
+def check_batch_independent(
+    t: nn.Module, x: Tensor, context: Tensor | None = None, atol: float = 1e-10, raise_on_failure: bool = True
+) -> CheckResult:
+    r"""Checks that in eval mode each sample's output does not depend on the rest of the batch.
+
+    The per-sample Jacobian of :func:`check_log_det` relies on this. The batch is run whole
+    and one sample at a time.
+
+    Arguments:
+        t: The transform.
+        x: A batch of inputs, ``(B, D)``.
+        context: The context, ``(B, C)``, or None.
+        atol: The absolute tolerance.
+        raise_on_failure: Raise :class:`CheckFailed` on a mismatch (else return the result).
+    """
+    name = layer_name(t)
+    tc = prepared_copy(t, torch.float64)
+    xd, cd = _as(x, torch.float64), _as(context, torch.float64)
+    with torch.no_grad():
+        _call(tc, xd, cd)
+        y, ld = _call(tc, xd, cd)
+        parts = [_call(tc, xd[i : i + 1], None if cd is None else cd[i : i + 1]) for i in range(xd.shape[0])]
+    ys = torch.cat([p[0] for p in parts])
+    lds = torch.cat([p[1] for p in parts])
+    diff = torch.cat([(ys - y).abs(), (lds - ld).abs()[:, None]], dim=1)
+    err, sample, _, ok = _worst(diff, torch.full_like(diff, atol))
+    msg = (
+        f"check_batch_independent passed for {name}"
+        if ok
+        else f"check_batch_independent failed for {name}: sample {sample} gives a different output alone than "
+        f"in the batch (max abs difference {err:.3e}); eval-mode layers must treat samples independently"
+    )
+    return _finish(CheckResult("check_batch_independent", name, ok, err, sample, message=msg), raise_on_failure)
+
+
+def check_transform(
+    t: nn.Module,
+    x: Tensor,
+    context: Tensor | None = None,
+    atol_inverse: float = 1e-10,
+    atol_log_det: float = 1e-8,
+    raise_on_failure: bool = True,
+) -> CheckResult:
+    r"""Runs every check: shapes and dtypes, determinism, batch independence, inverse, log-det.
+
+    Arguments:
+        t: The transform.
+        x: A batch of inputs, ``(B, D)``.
+        context: The context, ``(B, C)``, or None.
+        atol_inverse: The absolute tolerance of :func:`check_invertible` (float64).
+        atol_log_det: The absolute tolerance of :func:`check_log_det` (float64).
+        raise_on_failure: Raise :class:`CheckFailed` at the first failing check.
+
+    Returns:
+        A :class:`CheckResult` whose ``details`` hold each check's result.
+
+    Example:
+        >>> t = randomize_parameters(flowkit.AffineCoupling(5, 3, hidden_features=8), seed=0)
+        >>> bool(check_transform(t, torch.randn(4, 5), torch.randn(4, 3)))
+        True
+    """
+    name = layer_name(t)
+    checks: list[Callable[[], CheckResult]] = [
+        lambda: check_shapes(t, x, context, raise_on_failure),
+        lambda: check_deterministic(t, x, context, raise_on_failure),
+        lambda: check_batch_independent(t, x, context, raise_on_failure=raise_on_failure),
+        lambda: check_invertible(t, x, context, atol=atol_inverse, raise_on_failure=raise_on_failure),
+        lambda: check_log_det(t, x, context, atol=atol_log_det, raise_on_failure=raise_on_failure),
+    ]
+    details = [c() for c in checks]
+    ok = all(details)
+    msg = (
+        f"check_transform passed for {name}"
+        if ok
+        else "; ".join(d.message for d in details if not d.ok)
+    )
+    return CheckResult("check_transform", name, ok, max(d.max_error for d in details), message=msg, details=details)
+
+
+def randomize_parameters(
+    t: nn.Module, scale: float = 0.5, seed: int = 0, mark_initialized: bool = True
+) -> nn.Module:
+    r"""Moves a layer off its identity initialisation by adding seeded noise to every parameter.
+
+    Many layers start as the identity (zero-initialised last layers, unit scales), where a wrong
+    log-det or inverse can hide. Each parameter gets ``scale * N(0, 1) / sqrt(fan_in)`` added
+    (``fan_in`` is the last dimension of weight matrices, 1 for vectors), which keeps the
+    outputs of coupling networks of order ``scale``. Buffers (masks, permutations) are left
+    alone. With ``mark_initialized``, boolean buffers whose name mentions ``init`` (ActNorm's
+    data-init flag) are set so that the random parameters are not overwritten by a data init.
+
+    Arguments:
+        t: The module, changed in place and returned.
+        scale: The size of the perturbation.
+        seed: The seed of the noise.
+        mark_initialized: Mark data-dependent initialisation as done.
+
+    Example:
+        >>> t = randomize_parameters(flowkit.ActNorm(3), scale=0.5, seed=1)
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(t.named_parameters(), key=lambda kv: kv[0]):
+            if not p.dtype.is_floating_point:
+                continue
+            fan_in = max(p.shape[-1], 1) if p.dim() >= 2 else 1
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float64) * (scale / fan_in**0.5)
+            p.add_(noise.to(device=p.device, dtype=p.dtype))
+        if mark_initialized:
+            for bname, b in t.named_buffers():
+                leaf = bname.rsplit(".", 1)[-1].lower()
+                if "init" in leaf and (b.dtype == torch.bool or (not b.dtype.is_floating_point and b.numel() == 1)):
+                    b.fill_(True if b.dtype == torch.bool else 1)
+    return t
