@@ -338,3 +338,20 @@ def test_gan_alternates_discriminator_then_generator(tmp_path, tiny_data, monkey
     assert any(not torch.equal(a, b) for a, b in pairs)
     g_ids = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
     assert not g_ids & {id(p) for p in trainer.module.discriminator_parameters()}
+
+
+def test_adapt_config_follows_the_data():
+    from types import SimpleNamespace
+
+    from flowkit.data import Vocabulary
+    from flowkit.training import adapt_config
+
+    vocab = Vocabulary(["a", "red", "circle"])
+    features = SimpleNamespace(vocab=vocab, train=[], image_shape=(512,), image_kind="features", max_len=9)
+    cfg = adapt_config(_tiny_config(), features)
+    assert (cfg.vocab_size, cfg.max_caption_len, cfg.image_encoder, cfg.image_feature_dim) == (7, 9, "features", 512)
+    with pytest.raises(ValueError, match="gan=True needs pixel images"):
+        adapt_config(_tiny_config(gan=True), features)
+    pixels = SimpleNamespace(vocab=vocab, train=[], image_shape=(3, 64, 64), image_kind="pixels", max_len=12)
+    cfg = adapt_config(_tiny_config(image_encoder="features"), pixels)
+    assert (cfg.image_encoder, cfg.image_size, cfg.max_caption_len) == ("conv", 64, 12)

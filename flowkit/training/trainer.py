@@ -476,7 +476,15 @@ class Trainer:
 
     def _check(self, step: int, terms: dict[str, Tensor]) -> dict[str, float]:
         names = list(terms)
-        values = torch.stack([terms[k].detach().float().reshape(()) for k in names]).cpu()
+        values = torch.stack([terms[k].detach().float().reshape(()) for k in names])
+        if self.ctx.distributed:
+            # The mean over ranks: logs show the global batch, and a NaN on one rank stops
+            # every rank at the same step (instead of leaving the others in a collective).
+            import torch.distributed as dist
+
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+            values = values / self.ctx.world_size
+        values = values.cpu()
         floats = dict(zip(names, values.tolist()))
         bad = [k for k in names if not math.isfinite(floats[k])]
         if bad:
