@@ -76,7 +76,7 @@ class ImageRecord:
 
 
 def _missing(path: Path, what: str, hint: str) -> DataError:
-    return DataError(f"{what} not found: {path}. {hint}")
+    return DataError(f"{what} not found: {path}" + (f". {hint}" if hint else ""))
 
 
 def read_json(path: str | os.PathLike[str], what: str = "JSON file", hint: str = "") -> Any:
@@ -91,7 +91,7 @@ def read_json(path: str | os.PathLike[str], what: str = "JSON file", hint: str =
         >>> read_json("/nonexistent.json", "captions file")
         Traceback (most recent call last):
         ...
-        flowkit.data.errors.DataError: captions file not found: /nonexistent.json. ...
+        flowkit.data.errors.DataError: captions file not found: /nonexistent.json
     """
     path = Path(path)
     if not path.is_file():
@@ -128,7 +128,7 @@ def load_coco(path: str | os.PathLike[str]) -> Any:
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise DataError(f"COCO captions file {path} needs the keys 'images' and 'annotations', got {keys}")
-    for k, a in enumerate(data["annotations"][:]):
+    for k, a in enumerate(data["annotations"]):
         if not isinstance(a, dict) or not {"id", "image_id", "caption"} <= set(a):
             raise DataError(f"COCO captions file {path}: annotation #{k} needs 'id', 'image_id' and 'caption', got {a!r}")
     for k, im in enumerate(data["images"]):

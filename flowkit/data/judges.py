@@ -136,7 +136,7 @@ def caption_coverage(
             truth: frozenset[Any] | set[str] = all_true_constraints(scene)
             reached = {canonical(c) for c in map(parse, caps) if c is not None and c.holds(scene)}
         else:
-            truth = set(all_true_captions(scene))
+            truth = {" ".join(tokenize(c)) for c in all_true_captions(scene)}
             reached = {" ".join(tokenize(c)) for c in caps} & truth
         total += len(reached & truth) / len(truth)
     return total / len(captions_by_image)

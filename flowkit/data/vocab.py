@@ -4,7 +4,9 @@ r"""Caption tokenization and the word vocabulary.
 ``-lowerCase``, then removal of its punctuation tokens) without Java: it lowercases, splits the
 clitics ``'s 're 've 'll 'd 'm n't`` off as PTB does, keeps hyphenated words and numbers such as
 ``t-shirt`` or ``3.5`` whole, and drops punctuation. So what the model learns is what the
-metrics see.
+metrics see. One deliberate difference: PTBTokenizer turns brackets into ``-LRB-``/``-RRB-``
+and, after ``-lowerCase``, its removal list (which holds the upper-case forms) misses them, so
+pycocoevalcap keeps ``-lrb-``/``-rrb-`` tokens; flowkit drops brackets like other punctuation.
 """
 
 from __future__ import annotations
