@@ -39,10 +39,13 @@ def test_shapes_and_dtypes(name: str) -> None:
 
 
 def _exported_transform_classes() -> set[type]:
+    import flowkit.transforms
+
     return {
         obj
-        for name in flowkit.__all__
-        if inspect.isclass(obj := getattr(flowkit, name))
+        for module in (flowkit, flowkit.transforms)
+        for name in getattr(module, "__all__", [])
+        if inspect.isclass(obj := getattr(module, name))
         and issubclass(obj, flowkit.Transform)
         and obj is not flowkit.Transform
     }
