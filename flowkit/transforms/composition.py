@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from torch import Tensor, nn
 
-from flowkit.transforms.base import Transform
+from flowkit.transforms.base import Transform, _is_compiling, check_finite, inner_calls
 
 __all__ = ["Sequential", "Inverse"]
 
@@ -58,18 +58,25 @@ class Sequential(Transform):
         self.context_features = max([getattr(t, "context_features", 0) or 0 for t in self.transforms], default=0)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        total = x.new_zeros(x.shape[0])
-        for t in self.transforms:
-            x, ladj = t(x, context)
-            total = total + ladj
-        return x, total
+        if _is_compiling():
+            return self._chain(x, context, inverse=False)
+        check_finite(type(self).__name__, x, context)
+        with inner_calls():  # the children keep their shape checks, not the NaN scan
+            return self._chain(x, context, inverse=False)
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        total = y.new_zeros(y.shape[0])
-        for t in reversed(self.transforms):
-            y, ladj = t.inverse(y, context)
+        if _is_compiling():
+            return self._chain(y, context, inverse=True)
+        check_finite(type(self).__name__, y, context, name="y")
+        with inner_calls():
+            return self._chain(y, context, inverse=True)
+
+    def _chain(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+        total = x.new_zeros(x.shape[0])
+        for t in (reversed(self.transforms) if inverse else self.transforms):
+            x, ladj = t.inverse(x, context) if inverse else t(x, context)
             total = total + ladj
-        return y, total
+        return x, total
 
     def __len__(self) -> int:
         return len(self.transforms)

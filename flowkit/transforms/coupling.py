@@ -78,9 +78,15 @@ class _Coupling(Transform):
         )
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.mask == "half":  # contiguous halves: slicing avoids two gathers per call
+            k = self.features // 2
+            a, b = x[:, :k], x[:, k:]
+            return (b, a) if self.flip_mask else (a, b)
         return x.index_select(1, self.identity_idx), x.index_select(1, self.transform_idx)
 
     def _merge(self, a: Tensor, b: Tensor) -> Tensor:
+        if self.mask == "half":
+            return torch.cat([b, a] if self.flip_mask else [a, b], dim=1)
         return torch.cat([a, b], dim=1).index_select(1, self.inverse_idx)
 
     def _params(self, a: Tensor, context: Tensor | None) -> Tensor:
