@@ -385,3 +385,14 @@ def test_bad_inputs_pixels():
         model(torch.rand(4, 64, 64, 3), captions)
     with pytest.raises(LNFMMInputError, match="NaN"):
         model(torch.full((4, 3, 64, 64), float("nan")), captions)
+
+
+def test_vgg16_encoder_fails_clearly_without_torchvision():
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        pass
+    else:
+        pytest.skip("torchvision imports here; the error path cannot be exercised")
+    with pytest.raises(ImportError, match="image_encoder='features'"):
+        LNFMM(tiny(image_encoder="vgg16"))

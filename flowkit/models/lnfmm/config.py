@@ -271,11 +271,15 @@ class LNFMMConfig:
     def small(cls, **overrides: Any) -> "LNFMMConfig":
         r"""A tiny pixel model for the shapes data that trains on 2 CPU cores in minutes.
 
-        Loss weights: at this size the official ones (tuned for 992-d codes, bits-per-dim
-        NLLs and 10k words) let the prior terms swamp the reconstructions, so the small preset
-        uses KL weights of 1 (the ELBO), a log-det weight of 1 and reconstruction weights
-        of 1 (text, summed token NLL) and 1 (image, summed L1 over 64x64x3 pixels, already
-        large); the alignment weight is raised to 10 so the shared codes meet early.
+        Loss weights: the official ones (tuned for 992-d codes, bits-per-dim NLLs and 10k
+        words) let the prior terms swamp the reconstructions at this size, so the small
+        preset uses the plain ELBO weights: KLs 1, log-det 1, alignment 1 (Eq. 10), caption
+        NLL 1 and image L1 1 (summed over 64x64x3 values, so already the largest term).
+        Word dropout 0.75 (official 0.8) keeps the LSTM from ignoring the latent: with 0.25
+        and an alignment weight of 10 the shared text code collapsed below the posterior
+        noise within 300 steps on the shapes data (decoder NLL with the true code = with a
+        shuffled one); with 0.75 and weight 1 the code carries the caption (NLL 10.9 own vs
+        14.1 shuffled after 300 steps).
 
         Example:
             >>> LNFMMConfig.small(vocab_size=40).shared_dim
@@ -296,7 +300,7 @@ class LNFMMConfig:
             text_encoder_layers=2,
             decoder_hidden=128,
             decoder_embedding_dim=32,
-            word_dropout=0.25,
+            word_dropout=0.75,
             embedding_dropout=0.1,
             generator_channels=8,
             discriminator_channels=8,
@@ -312,7 +316,7 @@ class LNFMMConfig:
             lambda_logdet=1.0,
             lambda_rec_t=1.0,
             lambda_rec_v=1.0,
-            lambda_align=10.0,
+            lambda_align=1.0,
             lambda_adv=1.0,
             image_encoder_lr=1e-4,
             lr=1e-3,
