@@ -21,7 +21,11 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 echo "[bootstrap] installing $TORCH_SPEC"
-.venv/bin/python -m pip install -q "$TORCH_SPEC"
+if ! .venv/bin/python -m pip install -q "$TORCH_SPEC" numpy > .venv/pip-install.log 2>&1; then
+  grep -v "is ignored: it is neither" .venv/pip-install.log >&2
+  echo "[bootstrap] error: could not install $TORCH_SPEC (log above, also in .venv/pip-install.log)" >&2
+  exit 1
+fi
 constraints=$(mktemp)
 .venv/bin/python -c "import torch; print('torch==' + torch.__version__)" > "$constraints"
 echo "[bootstrap] installing flowkit[$EXTRAS] (constrained to $(cat "$constraints"))"
