@@ -9,4 +9,4 @@ from __future__ import annotations
 
 __all__ = ["COMMANDS"]
 
-COMMANDS: tuple[str, ...] = ("train",)
+COMMANDS: tuple[str, ...] = ("train", "caption", "synthesize", "evaluate")

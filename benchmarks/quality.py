@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+r"""Caption and image quality of LNFMM and its ablations on the embedded shapes data.
+
+Variants (each trained with the same data, steps and seeds, from ``LNFMMConfig.small()``):
+
+* ``lnfmm``: LNFMM (flow priors, flow alignment f_s);
+* ``cvae``: the CVAE baseline, Gaussian conditional priors (``prior="gaussian"``);
+* ``mse``: LNFMM-MSE, shared codes aligned by MSE without f_s (``alignment="mse"``);
+* ``txt``: LNFMM-TXT, no image-specific code (``image_specific_dim=0``).
+
+Metrics: the paper's oracle and consensus re-ranked scores (Tables 1, 2), diversity of the
+best 5 (Table 3), the exact ground-truth caption accuracy and coverage, and text-to-image
+classifier accuracy, free-attribute spread, Inception score (attribute classifier) and IvOM.
+Reported as mean ± std over seeds in Markdown (``OUT/quality.md``) and JSON (``OUT/quality.json``).
+
+Usage::
+
+    python benchmarks/quality.py                                  # full: 2 seeds x 1500 steps (about an hour on 2 cores)
+    python benchmarks/quality.py --steps 200 --seeds 0 --train-images 500 --test-images 20   # reduced
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flowkit.data import load_caption_data
+from flowkit.data.judges import get_attribute_classifier
+from flowkit.evaluation import evaluate_captioning, evaluate_text_to_image, to_jsonable
+from flowkit.models import LNFMMConfig
+from flowkit.training import TrainSettings, train
+
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "lnfmm": ("LNFMM", {}),
+    "cvae": ("CVAE baseline (Gaussian prior)", {"prior": "gaussian"}),
+    "mse": ("LNFMM-MSE (no f_s)", {"alignment": "mse"}),
+    "txt": ("LNFMM-TXT (no z'_v)", {"image_specific_dim": 0}),
+}
+
+#: (column title, path in the results, digits)
+CAPTION_COLUMNS = [
+    ("oracle B-4", ("captioning", "oracle", "Bleu_4"), 3),
+    ("oracle M", ("captioning", "oracle", "METEOR"), 3),
+    ("oracle R", ("captioning", "oracle", "ROUGE_L"), 3),
+    ("oracle C", ("captioning", "oracle", "CIDEr"), 3),
+    ("cons. B-4", ("captioning", "consensus", "Bleu_4"), 3),
+    ("cons. M", ("captioning", "consensus", "METEOR"), 3),
+    ("cons. R", ("captioning", "consensus", "ROUGE_L"), 3),
+    ("cons. C", ("captioning", "consensus", "CIDEr"), 3),
+]
+DIVERSITY_COLUMNS = [
+    ("Unique %", ("captioning", "diversity", "unique"), 1),
+    ("Novel", ("captioning", "diversity", "novel"), 0),
+    ("mBLEU-4", ("captioning", "diversity", "mbleu4"), 3),
+    ("Div-1", ("captioning", "diversity", "div1"), 3),
+    ("Div-2", ("captioning", "diversity", "div2"), 3),
+    ("GT accuracy", ("captioning", "ground_truth", "accuracy"), 3),
+    ("GT coverage", ("captioning", "ground_truth", "coverage"), 4),
+]
+IMAGE_COLUMNS = [
+    ("T2I accuracy", ("text_to_image", "caption_accuracy"), 3),
+    ("free-attr. spread", ("text_to_image", "free_attribute_spread"), 3),
+    ("IS (attr. clf.)", ("text_to_image", "inception_score"), 2),
+    ("IvOM", ("text_to_image", "ivom"), 4),
+    ("pixel div.", ("text_to_image", "pixel_diversity"), 3),
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="LNFMM vs CVAE, LNFMM-MSE and LNFMM-TXT on the embedded shapes data.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="models to compare")
+    p.add_argument("--steps", type=int, default=1500, help="training steps per model")
+    p.add_argument("--batch-size", type=int, default=32, help="pairs per step")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (each variant is trained once per seed)")
+    p.add_argument("--train-images", type=int, default=2000, help="training images (5 captions each)")
+    p.add_argument("--test-images", type=int, default=100, help="test images evaluated")
+    p.add_argument("--num-samples", type=int, default=100, help="captions sampled per test image")
+    p.add_argument("--t2i-captions", type=int, default=20, help="captions of the text-to-image evaluation")
+    p.add_argument("--t2i-samples", type=int, default=16, help="images per caption")
+    p.add_argument("--ivom-steps", type=int, default=50, help="IvOM Adam steps per restart")
+    p.add_argument("--ivom-restarts", type=int, default=2, help="IvOM restarts")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the generated data")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--out", default="benchmarks/quality_out", help="output folder (quality.md, quality.json, one run folder per model)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return p.parse_args(argv)
+
+
+def _get(d: dict[str, Any], path: tuple[str, ...]) -> float:
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return float("nan")
+        d = d[k]
+    return float(d) if d is not None else float("nan")
+
+
+def _cell(values: list[float], digits: int) -> str:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return "n/a"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}"
+
+
+def table(runs: dict[str, list[dict[str, Any]]], columns: list[tuple[str, tuple[str, ...], int]]) -> str:
+    r"""A Markdown table: one row per variant, mean ± std over seeds per column."""
+    lines = ["| model | " + " | ".join(c for c, _, _ in columns) + " |", "|---|" + "---|" * len(columns)]
+    for key, results in runs.items():
+        cells = [_cell([_get(r, path) for r in results], digits) for _, path, digits in columns]
+        lines.append(f"| {VARIANTS[key][0]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    warnings.filterwarnings("ignore", message=r"SPICE is left out")
+    progress = not args.no_progress
+    start = time.perf_counter()
+    out = Path(args.out)
+    sizes = {"train": args.train_images, "val": 20, "test": max(args.test_images, args.t2i_captions)}
+    data = load_caption_data("shapes", sizes=sizes, seed=args.data_seed)
+    judge = get_attribute_classifier(progress=progress)  # trained once (about a minute), then cached
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for key in args.variants:
+        name, overrides = VARIANTS[key]
+        runs[key] = []
+        for seed in args.seeds:
+            t0 = time.perf_counter()
+            print(f"\n== {name}, seed {seed}: {args.steps} steps", flush=True)
+            meta = {"data": {"data": "shapes", "sizes": sizes, "data_seed": args.data_seed}, "preset": "small"}
+            trainer = train(LNFMMConfig.small(**overrides), data, TrainSettings(steps=args.steps, batch_size=args.batch_size, seed=seed, progress=progress), out=out / f"{key}_seed{seed}", meta=meta)
+            model = trainer.module.cpu().eval()
+            train_s = time.perf_counter() - t0
+            cap = evaluate_captioning(model, data, num_samples=args.num_samples, limit=args.test_images, seed=seed, progress=progress, figure_images=0)
+            t2i = evaluate_text_to_image(
+                model, data, num_captions=args.t2i_captions, num_samples=args.t2i_samples, classifier=judge,
+                ivom_steps=args.ivom_steps, ivom_restarts=args.ivom_restarts, seed=seed, progress=progress, figure_captions=0,
+            )
+            for part in (cap, t2i):
+                for k in ("samples", "ranked", "references", "free_attribute_spread_per_caption"):
+                    part.pop(k, None)
+            runs[key].append({"seed": seed, "train_seconds": train_s, "seconds": time.perf_counter() - t0, "captioning": cap, "text_to_image": t2i})
+            print(f"   oracle C {cap['oracle']['CIDEr']:.3f}, consensus C {cap['consensus']['CIDEr']:.3f}, unique {cap['diversity']['unique']:.1f}%, "
+                  f"GT accuracy {cap['ground_truth']['accuracy']:.3f}, T2I accuracy {t2i.get('caption_accuracy', float('nan')):.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s)"
+    command = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    header = [
+        f"Command: `{command}`  ",
+        f"Machine: {machine}; total {time.perf_counter() - start:.0f}s.  ",
+        f"Data: shapes, {args.train_images} training images (5 captions each), seed {args.data_seed}. Each model: "
+        f"`LNFMMConfig.small()` + its ablation, {args.steps} steps of batch {args.batch_size}, seeds {args.seeds} (mean ± std over seeds).  ",
+        f"Captioning: {args.test_images} test images x {args.num_samples} samples; consensus re-ranking k=60, m=125 on the model's image shared codes; "
+        f"diversity on the best 5. Text-to-image: {args.t2i_captions} captions x {args.t2i_samples} images; IS with the shapes attribute classifier "
+        f"(judge test scene accuracy {judge.metrics.get('scene', float('nan')):.3f}); IvOM {args.ivom_restarts} restarts x {args.ivom_steps} steps.",
+    ]
+    md = "\n".join(
+        header
+        + ["", "Accuracy (Tables 1, 2: oracle over all samples, consensus re-ranked top-1):", "", table(runs, CAPTION_COLUMNS)]
+        + ["", "Diversity of the best 5 (Table 3) and exact ground truth over all samples:", "", table(runs, DIVERSITY_COLUMNS)]
+        + ["", "Text-to-image (Table 6 and classifier judges; pixel diversity is RMS pixel distance, not LPIPS):", "", table(runs, IMAGE_COLUMNS)]
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality.md").write_text(md + "\n")
+    (out / "quality.json").write_text(json.dumps(to_jsonable({"args": vars(args), "machine": machine, "runs": runs}), indent=1) + "\n")
+    print("\n" + md)
+    print(f"\nwrote {out / 'quality.md'} and {out / 'quality.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

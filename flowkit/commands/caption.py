@@ -1,0 +1,165 @@
+r"""``flowkit caption``: sample diverse captions for images with a trained LNFMM.
+
+Example:
+    >>> from flowkit.cli import main
+    >>> main(["caption", "--checkpoint", "runs/small", "--limit", "3", "--num-samples", "10"])
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "run", "add_data_arguments", "data_overrides"]
+
+DESCRIPTION = """\
+Sample diverse captions for images with a trained LNFMM: z_s = f_s(mu(z_s^v)), z'_t ~ p(z'_t|z_s)
+at the given temperature, then greedy or beam decoding. The images come from the data the
+run was trained on (recorded in its checkpoint; the --data options override it), either a
+whole split or the listed image ids. Prints the captions and writes them as JSON
+{image_id: [caption, ...]}.
+"""
+
+EPILOG = """\
+examples:
+  flowkit caption --checkpoint runs/small --num-samples 100 --limit 10
+  flowkit caption --checkpoint runs/small --images 20000000,20000001 --num-samples 5 --method beam
+  flowkit caption --checkpoint runs/coco --coco-root data/coco --features data/coco/fc7.npz --out captions.json
+"""
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text}")
+    return value
+
+
+def _ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated image ids, got {text!r}") from None
+    if not ids:
+        raise argparse.ArgumentTypeError("no image ids given")
+    return ids
+
+
+def _sizes(text: str) -> dict[str, int]:
+    from flowkit.commands.train import _sizes as parse
+
+    return parse(text)
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    r"""The data options shared by ``caption`` and ``evaluate`` (they override the checkpoint's)."""
+    g = p.add_argument_group("data (default: what the checkpoint records)")
+    g.add_argument("--data", choices=["shapes", "coco"], default=None, help="the embedded shapes data or COCO-format files")
+    g.add_argument("--coco-root", metavar="PATH", default=None, help="COCO-format folder, for --data coco (e.g. when the run's folder moved)")
+    g.add_argument("--features", metavar="FILE", default=None, help="pre-extracted image features keyed by image id, for a 'features' model")
+    g.add_argument("--split-scheme", choices=["karpathy", "coco", "ids", "mrnn"], default=None, help="how COCO images are split")
+    g.add_argument("--sizes", metavar="train=N,val=N,test=N", type=_sizes, default=None, help="images per split of the shapes data (the training split must match the run's, or the vocabulary differs)")
+    g.add_argument("--data-seed", metavar="S", type=int, default=None, help="seed of the generated shapes data")
+
+
+def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    r"""The data options given on the command line (None where not given)."""
+    return {
+        "data": args.data,
+        "coco_root": args.coco_root,
+        "features": args.features,
+        "split_scheme": args.split_scheme,
+        "sizes": args.sizes,
+        "data_seed": args.data_seed,
+    }
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    r"""Adds ``caption`` to the ``flowkit`` subparsers.
+
+    Arguments:
+        subparsers: What ``ArgumentParser.add_subparsers()`` returned.
+    """
+    p = subparsers.add_parser(
+        "caption",
+        help="sample diverse captions for images",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", metavar="DIR", required=True, help="a training run folder holding checkpoint.pt (flowkit train --out DIR), or the file")
+    p.add_argument("--images", metavar="ID,ID,...", type=_ids, default=None, help="caption these image ids (looked up in --split, else in test, val, train)")
+    p.add_argument("--split", choices=["val", "test", "train"], default=None, help="caption the images of this split (default test)")
+    p.add_argument("--num-samples", type=_positive, default=100, metavar="S", help="captions sampled per image (default 100, the paper's protocol)")
+    p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="scales the prior's base samples; 0 gives one deterministic caption (default 1.0)")
+    p.add_argument("--method", choices=["greedy", "beam"], default="greedy", help="decoding of each sampled latent (default greedy; beam width 2 as the official code)")
+    p.add_argument("--limit", type=_positive, default=None, metavar="N", help="only the first N images (default: all of the split)")
+    p.add_argument("--show", type=int, default=5, metavar="K", help="captions printed per image (all go to --out; default 5, 0 prints none)")
+    p.add_argument("--out", metavar="FILE", default=None, help="write {image_id: [captions]} as JSON here (default CHECKPOINT/captions_<split>.json)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    p.add_argument("--batch-size", type=_positive, default=8, metavar="B", help="images per sampling call (default 8)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run the model (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_data_arguments(p)
+    return p
+
+
+def run_dir(checkpoint: str) -> Path:
+    r"""The run folder of a ``--checkpoint`` argument (a folder or a checkpoint file)."""
+    path = Path(checkpoint)
+    return path if path.is_dir() or not path.suffix else path.parent
+
+
+def _split_dataset(data: Any, split: str) -> Any:
+    r"""One item per image of a split (the training split holds one item per pair)."""
+    from flowkit.data import ImageDataset
+
+    if split == "train":
+        return ImageDataset(data.train.images, list(dict.fromkeys(data.train.image_ids)))
+    return getattr(data, split)
+
+
+def run(args: argparse.Namespace) -> int:
+    r"""Runs ``flowkit caption`` with parsed arguments; returns the exit status."""
+    from flowkit.evaluation import generate_captions, load_run
+    from flowkit.training.checkpoint import atomic_write_text
+
+    model, data, _ = load_run(args.checkpoint, device=args.device, **data_overrides(args))
+    split = args.split or "test"
+    if args.images is not None and args.split is None:
+        wanted = set(args.images)
+        found = [s for s in ("test", "val", "train") if wanted <= set(_split_dataset(data, s).image_ids)]
+        if not found:
+            raise ValueError(f"image ids {sorted(wanted)[:5]} are not all in one split of the data (test, val or train)")
+        split = found[0]
+    dataset = _split_dataset(data, split)
+    if len(dataset) == 0:
+        raise ValueError(f"split {split!r} has no images")
+    captions = generate_captions(
+        model,
+        dataset,
+        data.vocab,
+        num_samples=args.num_samples,
+        temperature=args.temperature,
+        method=args.method,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        limit=args.limit,
+        image_ids=args.images,
+        seed=args.seed,
+    )
+    if args.show > 0:
+        refs = data.references.get(split, {})
+        for iid, caps in captions.items():
+            distinct = len(set(caps))
+            print(f"image {iid} ({distinct} distinct of {len(caps)})" + (f"  reference: {refs[iid][0]}" if refs.get(iid) else ""))
+            for c in caps[: args.show]:
+                print(f"  {c}")
+    out = Path(args.out) if args.out else run_dir(args.checkpoint) / f"captions_{split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps({str(k): v for k, v in captions.items()}, indent=1) + "\n")
+    print(f"wrote {len(captions)} images x {args.num_samples} captions to {out}")
+    return 0

@@ -1,0 +1,217 @@
+r"""Evaluation of LNFMM with the paper's protocol: Tables 1, 2, 3 (captioning) and 6
+(text-to-image), exact judges on the embedded shapes data, a Markdown + JSON report with figures.
+
+.. code-block:: python
+
+    from flowkit.evaluation import evaluate_captioning, evaluate_text_to_image, load_run, write_report
+
+    model, data, ckpt = load_run("runs/small")
+    results = {
+        "captioning": evaluate_captioning(model, data, num_samples=100),
+        "text_to_image": evaluate_text_to_image(model, data),
+    }
+    write_report(results, "runs/small/report")
+
+Everything runs offline; definitions of the metrics: ``docs/evaluation.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flowkit.evaluation.captioning import (
+    CAPTION_METRICS,
+    encode_dataset_images,
+    evaluate_captioning,
+    generate_captions,
+    train_image_ids,
+)
+from flowkit.evaluation.plots import plot_captions, plot_image_grid
+from flowkit.evaluation.report import format_captioning_table, format_text_to_image_table, to_jsonable, write_report
+from flowkit.evaluation.text_to_image import encode_captions_text, evaluate_text_to_image, sample_images_for_captions
+
+__all__ = [
+    "CAPTION_METRICS",
+    "DATA_DEFAULTS",
+    "data_options",
+    "encode_captions_text",
+    "encode_dataset_images",
+    "evaluate_captioning",
+    "evaluate_text_to_image",
+    "format_captioning_table",
+    "format_text_to_image_table",
+    "generate_captions",
+    "load_data",
+    "load_model",
+    "load_run",
+    "plot_captions",
+    "plot_image_grid",
+    "sample_images_for_captions",
+    "scenes_from_export",
+    "to_jsonable",
+    "train_image_ids",
+    "write_report",
+]
+
+#: The data options a training run records in its checkpoint (``ckpt["meta"]["data"]``, as
+#: ``flowkit train`` writes them) and their defaults.
+DATA_DEFAULTS: dict[str, Any] = {
+    "data": "shapes",
+    "coco_root": None,
+    "features": None,
+    "max_len": None,
+    "vocab_threshold": 4,
+    "sizes": None,
+    "data_seed": 0,
+    "split_scheme": "karpathy",
+}
+
+
+def _checkpoint_file(checkpoint: str | os.PathLike[str]) -> Path:
+    path = Path(checkpoint)
+    if path.is_dir():
+        target = path / "checkpoint.pt"
+        if not target.is_file():
+            raise FileNotFoundError(f"'{path}' holds no checkpoint.pt: pass the folder of a training run (flowkit train --out DIR)")
+        return target
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at '{path}': pass the folder of a training run (flowkit train --out DIR)")
+    return path
+
+
+def load_model(checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
+    r"""Loads a trained LNFMM (eval mode) from a run folder or checkpoint file.
+
+    Arguments:
+        checkpoint: A run folder holding ``checkpoint.pt``, or the file itself.
+        device: Where to put the model.
+
+    Returns:
+        ``(model, checkpoint dict)``; read with ``torch.load(..., weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: No checkpoint there.
+        flowkit.training.CheckpointError: The file is not a valid flowkit checkpoint.
+
+    Example:
+        >>> model, ckpt = load_model("runs/small")
+    """
+    from flowkit.models import LNFMM, LNFMMConfig
+    from flowkit.training import CheckpointError, load_checkpoint
+
+    ckpt = load_checkpoint(_checkpoint_file(checkpoint), map_location="cpu")
+    try:
+        config = LNFMMConfig.from_dict(dict(ckpt["config"]))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint '{checkpoint}' has no valid LNFMM config: {e}") from e
+    model = LNFMM(config)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint '{checkpoint}': the weights do not fit its config: {str(e).splitlines()[0]}") from e
+    return model.to(device).eval(), ckpt
+
+
+def data_options(ckpt: Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
+    r"""The data options of a run: the checkpoint's ``meta["data"]`` (written by ``flowkit
+    train`` and by the examples), the defaults where missing, then ``overrides`` that are not None.
+
+    Arguments:
+        ckpt: The checkpoint dict.
+        overrides: Options to replace (keys of :data:`DATA_DEFAULTS`).
+    """
+    unknown = sorted(set(overrides) - set(DATA_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown data options {unknown}; known: {sorted(DATA_DEFAULTS)}")
+    meta = ckpt.get("meta") or {}
+    saved = meta.get("data") if isinstance(meta, Mapping) else None
+    opts = dict(DATA_DEFAULTS)
+    if isinstance(saved, Mapping):
+        opts.update({k: v for k, v in saved.items() if k in DATA_DEFAULTS})
+    opts.update({k: v for k, v in overrides.items() if v is not None})
+    if opts["data"] == "coco" and opts["coco_root"] is None:
+        raise ValueError("the run's data is COCO but no COCO root is known: pass --coco-root PATH")
+    return opts
+
+
+def load_data(opts: Mapping[str, Any], progress: bool = False) -> Any:
+    r"""The :class:`~flowkit.data.CaptionData` of some data options (see :func:`data_options`)."""
+    from flowkit.data import load_caption_data
+
+    src = opts["data"]
+    return load_caption_data(
+        src,
+        root=opts["coco_root"] if src == "coco" else None,
+        features=opts["features"],
+        max_len=opts["max_len"],
+        vocab_threshold=opts["vocab_threshold"],
+        sizes=opts["sizes"],
+        seed=opts["data_seed"],
+        split_scheme=opts["split_scheme"],
+        progress=progress,
+    )
+
+
+def load_run(
+    checkpoint: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    **data_overrides: Any,
+) -> tuple[Any, Any, dict[str, Any]]:
+    r"""Loads a run's model and the data it was trained on.
+
+    The data options come from the checkpoint (see :func:`data_options`); ``data_overrides``
+    (e.g. ``coco_root=``) replace them. The data's vocabulary must equal the checkpoint's.
+
+    Returns:
+        ``(model, data, checkpoint dict)``.
+
+    Example:
+        >>> model, data, ckpt = load_run("runs/small")
+    """
+    from flowkit.data import Vocabulary
+
+    model, ckpt = load_model(checkpoint, device)
+    opts = data_options(ckpt, **data_overrides)
+    data = load_data(opts, progress=progress)
+    if ckpt.get("vocab") is not None and Vocabulary.from_dict(dict(ckpt["vocab"])) != data.vocab:
+        raise ValueError(
+            f"the vocabulary of the data ({opts['data']}, {len(data.vocab)} tokens) differs from the checkpoint's "
+            f"({len(ckpt['vocab']['itos'])} tokens): pass the data the model was trained on"
+        )
+    if opts["data"] == "coco" and data.scenes is None:
+        data.scenes = scenes_from_export(opts["coco_root"])
+    ckpt["_data_options"] = opts
+    return model, data, ckpt
+
+
+def scenes_from_export(root: str | os.PathLike[str]) -> dict[int, Any] | None:
+    r"""The exact scenes of a COCO-format folder written by :func:`flowkit.data.shapes.export_coco`.
+
+    The export's settings (sizes, seed, captions per image) are read from its marker file and
+    the scenes regenerated, so the ground-truth judges work on data loaded through the COCO
+    path. Returns None for other folders (e.g. real COCO).
+
+    Arguments:
+        root: The COCO-format folder.
+    """
+    from flowkit.data.shapes import ShapesCaptions
+
+    marker = Path(root) / ".flowkit_export.json"
+    if not marker.is_file():
+        return None
+    try:
+        s = json.loads(marker.read_text())
+        scenes: dict[int, Any] = {}
+        for split in s["splits"]:
+            ds = ShapesCaptions(split, int(s["sizes"][split]), int(s["seed"]), int(s["captions_per_image"]), float(s["p_two"]))
+            scenes.update(zip(ds.image_ids, ds.scenes))
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+        return None
+    return scenes

@@ -1,0 +1,121 @@
+r"""Figures of the evaluation report (matplotlib, Agg backend, PNG files).
+
+* :func:`plot_captions`: images beside some of their sampled captions.
+* :func:`plot_image_grid`: one row of generated images per caption.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch import Tensor
+
+__all__ = ["plot_captions", "plot_image_grid"]
+
+
+def _plt():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _hwc(image: Tensor):  # type: ignore[no-untyped-def]
+    return image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
+def plot_captions(
+    images: Tensor,
+    captions: Sequence[Sequence[str]],
+    path: str | os.PathLike[str],
+    references: Sequence[Sequence[str]] | None = None,
+    max_captions: int = 5,
+    title: str | None = None,
+) -> Path:
+    r"""Saves a figure of images, each beside its sampled captions, as a PNG.
+
+    Arguments:
+        images: ``(N, 3, H, W)`` images in [0, 1].
+        captions: For each image, its captions (e.g. the best 5 after re-ranking).
+        path: The PNG file.
+        references: Optional reference captions (the first is shown in gray).
+        max_captions: Captions shown per image.
+        title: A figure title.
+
+    Example:
+        >>> plot_captions(torch.rand(2, 3, 64, 64), [["a red circle"], ["a blue star"]], "captions.png")
+        PosixPath('captions.png')
+    """
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} caption lists")
+    plt = _plt()
+    n = max(len(images), 1)
+    fig, axes = plt.subplots(n, 2, figsize=(8.0, 1.9 * n), gridspec_kw={"width_ratios": [1, 3]}, squeeze=False)
+    for row in range(n):
+        ax_img, ax_txt = axes[row]
+        ax_img.axis("off")
+        ax_txt.axis("off")
+        if row >= len(images):
+            continue
+        ax_img.imshow(_hwc(images[row]), interpolation="nearest")
+        lines = [f"{k + 1}. " + "\n    ".join(textwrap.wrap(c or "(empty caption)", 60)) for k, c in enumerate(list(captions[row])[:max_captions])]
+        ax_txt.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", fontsize=8, family="monospace", transform=ax_txt.transAxes)
+        if references is not None and len(references[row]):
+            ax_txt.text(0.0, 0.0, "reference: " + references[row][0], va="bottom", ha="left", fontsize=7, color="0.45", transform=ax_txt.transAxes)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_image_grid(
+    captions: Sequence[str],
+    images: Tensor,
+    path: str | os.PathLike[str],
+    max_samples: int = 8,
+    title: str | None = None,
+) -> Path:
+    r"""Saves a grid of generated images, one row per caption, as a PNG.
+
+    Arguments:
+        captions: The captions (one per row).
+        images: ``(N, S, 3, H, W)`` images in [0, 1].
+        path: The PNG file.
+        max_samples: Images shown per caption.
+        title: A figure title.
+
+    Example:
+        >>> plot_image_grid(["a red circle"], torch.rand(1, 4, 3, 64, 64), "grid.png")
+        PosixPath('grid.png')
+    """
+    if images.dim() != 5 or len(images) != len(captions):
+        raise ValueError(f"expected images (N={len(captions)}, S, 3, H, W), got {tuple(images.shape)}")
+    plt = _plt()
+    n, s = max(len(captions), 1), max(1, min(max_samples, images.shape[1]))
+    fig, axes = plt.subplots(n, s, figsize=(1.25 * s, 1.45 * n), squeeze=False)
+    for r in range(n):
+        for c in range(s):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r < len(captions):
+                ax.imshow(_hwc(images[r, c]), interpolation="nearest")
+        if r < len(captions):
+            axes[r][0].set_title("\n".join(textwrap.wrap(captions[r], 12 * s)), fontsize=8, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
