@@ -54,7 +54,16 @@ VARIANTS = {
     "conv": {"image_encoder": "conv"},
     "gan": {"image_encoder": "conv", "gan": True},
     "mse_image_loss": {"image_rec_loss": "mse"},
+    "cross_reconstruction": {"image_encoder": "conv", "lambda_cross_t": 0.5, "lambda_cross_v": 2.0},
+    "no_cross_reconstruction": {"lambda_cross_t": 0.0, "lambda_cross_v": 0.0},
 }
+
+
+def expected_keys(cfg: LNFMMConfig) -> set[str]:
+    keys = set(KEYS)
+    keys |= {"cross_t"} if cfg.lambda_cross_t > 0 else set()
+    keys |= {"cross_v"} if cfg.lambda_cross_v > 0 else set()
+    return keys | ({"adv"} if cfg.gan else set())
 
 
 def _weighted(cfg: LNFMMConfig, out: dict) -> torch.Tensor:
@@ -62,6 +71,7 @@ def _weighted(cfg: LNFMMConfig, out: dict) -> torch.Tensor:
         cfg.lambda_kl_t * out["kl_t"] + cfg.lambda_kl_v * out["kl_v"] - cfg.lambda_logdet * out["logdet_fs"]
         + cfg.lambda_align * out["align"] + cfg.lambda_rec_t * out["rec_t"] + cfg.lambda_rec_v * out["rec_v"]
     )
+    loss = loss + cfg.lambda_cross_t * out.get("cross_t", 0.0) + cfg.lambda_cross_v * out.get("cross_v", 0.0)
     return loss + cfg.lambda_adv * out["adv"] if "adv" in out else loss
 
 
@@ -139,7 +149,7 @@ def test_loss_terms(name):
     model = LNFMM(cfg)
     images, captions = batch(cfg)
     out = model(images, captions)
-    assert set(out) == KEYS | ({"adv"} if cfg.gan else set())
+    assert set(out) == expected_keys(cfg)
     for k, v in out.items():
         assert v.shape == () and torch.isfinite(v), (k, v)
     torch.testing.assert_close(out["loss"], _weighted(cfg, out))
@@ -151,6 +161,33 @@ def test_loss_terms(name):
     else:
         assert out["kl_v"] != 0
     out["loss"].backward()
+
+
+def test_cross_reconstruction_decodes_from_the_other_domains_shared_code():
+    # cross_t is the caption NLL given [f_s(z_s^v), z'_t]: what captioning decodes at inference;
+    # cross_v the image error given [f_s^-1(z_s^t), z'_v]: what text-to-image decodes.
+    torch.manual_seed(0)
+    cfg = tiny(lambda_cross_t=1.0, lambda_cross_v=1.0, image_rec_loss="mse")
+    model = LNFMM(cfg).eval()
+    images, captions = batch(cfg)
+    out = model(images, captions)
+    S = cfg.shared_dim
+    with torch.no_grad():
+        mu_v, _ = model.image_encoder(images)
+        mu_t, _ = model.text_encoder(captions)
+        fs_v, _ = model.f_s(mu_v[:, :S])
+        back, _ = model.f_s.inverse(mu_t[:, :S])
+        logits = model.text_decoder(captions[:, :-1], torch.cat([fs_v, mu_t[:, S:]], dim=1))
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), captions[:, 1:], ignore_index=0, reduction="none")
+        recon = model.image_decoder(torch.cat([back, mu_v[:, S:]], dim=1))
+    torch.testing.assert_close(out["cross_t"], nll.sum(dim=1).mean())
+    torch.testing.assert_close(out["cross_v"], (recon - images).square().sum(dim=1).mean())
+    # an image-only or caption-only batch has no pair to cross
+    assert "cross_t" not in model(None, captions) and "cross_v" not in model(images, None)
+    # unlabeled rows are left out of the cross terms like the alignment
+    labeled = torch.tensor([True, False, True, False])
+    part = model(images, captions, labeled=labeled)
+    torch.testing.assert_close(part["cross_t"], nll.sum(dim=1)[labeled].mean())
 
 
 def test_semi_supervised_masks():

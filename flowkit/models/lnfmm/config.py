@@ -67,6 +67,12 @@ class LNFMMConfig:
         lambda_kl_t, lambda_kl_v, lambda_logdet, lambda_rec_t, lambda_rec_v: the five weights
             of Eq. 10 (official params_i2t lambda_1..lambda_5: 1, 5000, 200, 0.6, 20).
         lambda_align: Weight of the alignment term (Eq. 10: 1).
+        lambda_cross_t, lambda_cross_v: Weights of the cross-domain reconstructions (the
+            official code's way of training the alignment; 0 = off, as in Eq. 10): the caption
+            decoded from ``[f_s(z_s^v), z'_t]`` and the image decoded from
+            ``[f_s^{-1}(z_s^t), z'_v]``, i.e. from the shared code the *other* domain gives,
+            exactly what captioning and text-to-image decode at inference. Keys
+            ``"cross_t"`` and ``"cross_v"`` of the loss dict.
         lambda_adv: Weight of the generator's hinge term (official lambda_5_G: 25).
         image_rec_loss: ``"l1"`` (official) or ``"mse"`` (Eq. 10); summed over pixels.
         base_std: Std of the flows' Gaussian base (official: 0.25).
@@ -130,6 +136,8 @@ class LNFMMConfig:
     lambda_rec_t: float = 0.6
     lambda_rec_v: float = 20.0
     lambda_align: float = 1.0
+    lambda_cross_t: float = 0.0
+    lambda_cross_v: float = 0.0
     lambda_adv: float = 25.0
     image_rec_loss: str = "l1"
     # posteriors and priors
@@ -187,7 +195,7 @@ class LNFMMConfig:
                 errors.append(f"{name} must be in [0, 1), got {value!r}")
         nonneg = [
             "lambda_kl_t", "lambda_kl_v", "lambda_logdet", "lambda_rec_t", "lambda_rec_v", "lambda_align",
-            "lambda_adv", "noise_std", "text_noise_std", "image_noise_std",
+            "lambda_cross_t", "lambda_cross_v", "lambda_adv", "noise_std", "text_noise_std", "image_noise_std",
         ]
         for name in nonneg:
             value = getattr(self, name)

@@ -345,24 +345,28 @@ class LNFMM(nn.Module):
             log_p = self.f_t.log_prob(zp_t, context=ctx_t)
             log_q = _gaussian_log_q(eps_t[:, S:], std_t[:, S:])
             terms["kl_t"] = (log_q - log_p).mean()
-            logits = self.text_decoder(captions[:, :-1], z_t)
-            nll = F.cross_entropy(rearrange(logits, "b t v -> b v t"), captions[:, 1:].long(), ignore_index=0, reduction="none")
-            terms["rec_t"] = nll.sum(dim=1).mean()  # summed over tokens: the caption's NLL
+            terms["rec_t"] = self._caption_nll(captions, z_t).mean()
+            if paired and cfg.lambda_cross_t > 0:
+                # the caption from the image's shared code: what captioning decodes
+                cross = self._caption_nll(captions, torch.cat([fs_v, zp_t], dim=1))
+                terms["cross_t"] = _masked_mean(cross, weight)
 
         # -- image: prior KL and reconstruction --------------------------------------------------
         if images is not None:
             ctx_v = zs_v
-            if paired and cfg.cross_condition:
+            if paired and (cfg.cross_condition or cfg.lambda_cross_v > 0):
                 back = self._fs_inverse(zs_t)  # text space -> image space
+            if paired and cfg.cross_condition:
                 ctx_v = back if lab is None else torch.where(lab, back, zs_v)
             if self.f_v is not None:
                 log_p = self.f_v.log_prob(zp_v, context=ctx_v)
                 log_q = _gaussian_log_q(eps_v[:, S:], std_v[:, S:])
                 terms["kl_v"] = (log_q - log_p).mean()
-            recon = self.image_decoder(z_v)
-            diff = recon - images
-            err = diff.abs() if cfg.image_rec_loss == "l1" else diff.square()
-            terms["rec_v"] = rearrange(err, "b ... -> b (...)").sum(dim=1).mean()
+            terms["rec_v"] = self._image_error(images, self.image_decoder(z_v)).mean()
+            if paired and cfg.lambda_cross_v > 0:
+                # the image from the caption's shared code: what text-to-image decodes
+                cross = self._image_error(images, self.image_decoder(torch.cat([back, zp_v], dim=1)))
+                terms["cross_v"] = _masked_mean(cross, weight)
             if self.discriminator is not None:
                 # eval mode: the prior's mode (temperature 0), so eval losses are deterministic
                 terms["adv"] = self._generator_adversarial(ctx_v, 1.0 if sample else 0.0)
@@ -375,9 +379,25 @@ class LNFMM(nn.Module):
             + cfg.lambda_rec_t * terms["rec_t"]
             + cfg.lambda_rec_v * terms["rec_v"]
         )
+        if "cross_t" in terms:
+            loss = loss + cfg.lambda_cross_t * terms["cross_t"]
+        if "cross_v" in terms:
+            loss = loss + cfg.lambda_cross_v * terms["cross_v"]
         if "adv" in terms:
             loss = loss + cfg.lambda_adv * terms["adv"]
         return {"loss": loss, **terms}
+
+    def _caption_nll(self, captions: Tensor, code: Tensor) -> Tensor:
+        r"""Per-row caption NLL given a text code, summed over tokens (padding masked)."""
+        logits = self.text_decoder(captions[:, :-1], code)
+        nll = F.cross_entropy(rearrange(logits, "b t v -> b v t"), captions[:, 1:].long(), ignore_index=0, reduction="none")
+        return nll.sum(dim=1)
+
+    def _image_error(self, images: Tensor, recon: Tensor) -> Tensor:
+        r"""Per-row reconstruction error, L1 or squared, summed over pixels (or features)."""
+        diff = recon - images
+        err = diff.abs() if self.config.image_rec_loss == "l1" else diff.square()
+        return rearrange(err, "b ... -> b (...)").sum(dim=1)
 
     # ------------------------------------------------------------------------------------------
     # GAN (text-to-image)
