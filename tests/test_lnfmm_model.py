@@ -190,6 +190,18 @@ def test_cross_reconstruction_decodes_from_the_other_domains_shared_code():
     torch.testing.assert_close(part["cross_t"], nll.sum(dim=1)[labeled].mean())
 
 
+def test_align_text_target_stops_the_alignment_gradient_into_the_text_encoder():
+    torch.manual_seed(0)
+    for detach in (False, True):
+        model = LNFMM(tiny(align_text_target=detach))
+        images, captions = batch(model.config)
+        model(images, captions)["align"].backward()
+        text_grad = sum(p.grad.abs().sum() for p in model.text_encoder.parameters() if p.grad is not None)
+        image_grad = sum(p.grad.abs().sum() for p in model.image_encoder.parameters() if p.grad is not None)
+        assert image_grad > 0
+        assert (text_grad == 0) if detach else (text_grad > 0)
+
+
 def test_semi_supervised_masks():
     torch.manual_seed(0)
     cfg = tiny()

@@ -67,6 +67,11 @@ class LNFMMConfig:
         lambda_kl_t, lambda_kl_v, lambda_logdet, lambda_rec_t, lambda_rec_v: the five weights
             of Eq. 10 (official params_i2t lambda_1..lambda_5: 1, 5000, 200, 0.6, 20).
         lambda_align: Weight of the alignment term (Eq. 10: 1).
+        align_text_target: Treat the caption's shared code as a fixed target of the alignment
+            (no gradient from ``align`` into the text encoder). Off (Eq. 10) both codes move,
+            and a small model can satisfy the term by collapsing both shared codes to a
+            constant while the caption lives in z'_t; on, only the image side and f_s chase
+            the text code, which stays as informative as the caption reconstruction wants.
         lambda_cross_t, lambda_cross_v: Weights of the cross-domain reconstructions (the
             official code's way of training the alignment; 0 = off, as in Eq. 10): the caption
             decoded from ``[f_s(z_s^v), z'_t]`` and the image decoded from
@@ -136,6 +141,7 @@ class LNFMMConfig:
     lambda_rec_t: float = 0.6
     lambda_rec_v: float = 20.0
     lambda_align: float = 1.0
+    align_text_target: bool = False
     lambda_cross_t: float = 0.0
     lambda_cross_v: float = 0.0
     lambda_adv: float = 25.0
@@ -279,15 +285,21 @@ class LNFMMConfig:
     def small(cls, **overrides: Any) -> "LNFMMConfig":
         r"""A tiny pixel model for the shapes data that trains on 2 CPU cores in minutes.
 
-        Loss weights: the official ones (tuned for 992-d codes, bits-per-dim NLLs and 10k
-        words) let the prior terms swamp the reconstructions at this size, so the small
-        preset uses the plain ELBO weights: KLs 1, log-det 1, alignment 1 (Eq. 10), caption
-        NLL 1 and image L1 1 (summed over 64x64x3 values, so already the largest term).
-        Word dropout 0.75 (official 0.8) keeps the LSTM from ignoring the latent: with 0.25
-        and an alignment weight of 10 the shared text code collapsed below the posterior
-        noise within 300 steps on the shapes data (decoder NLL with the true code = with a
-        shuffled one); with 0.75 and weight 1 the code carries the caption (NLL 10.9 own vs
-        14.1 shuffled after 300 steps).
+        Loss weights, found on the shapes data (1,500 steps of batch 32, 50 test images x 20
+        samples, ground-truth judges; the runs are listed in ``docs/lnfmm.md``):
+
+        * the caption is reconstructed from the *image's* shared code, ``[f_s(z_s^v), z'_t]``
+          (``lambda_cross_t=1``, ``lambda_rec_t=0``), which is what captioning decodes. With
+          the caption's own code (``lambda_rec_t=1``) the small model either collapsed both
+          shared codes to a constant and kept the caption in z'_t (Eq. 10 as written), or,
+          with the text code as a fixed alignment target, packed caption-specific detail into
+          z_s^t that no image can predict; either way greedy captions ignored the image
+          (accuracy at temperature 0: 0.06 and 0.14 vs 0.40 with this setting);
+        * lr 2e-3 for every part (the conv encoder is trained from scratch, so the official
+          1e-5 for a pre-trained VGG does not apply; 1e-3 learned the text path ~3x slower);
+        * image L1 (summed over 64x64x3 values, ~500) weighted 0.05 so that it does not
+          swamp the caption and prior terms in the shared image encoder;
+        * KLs, log-det and alignment 1 (Eq. 10); word dropout 0.75 (official 0.8).
 
         Example:
             >>> LNFMMConfig.small(vocab_size=40).shared_dim
@@ -322,12 +334,13 @@ class LNFMMConfig:
             lambda_kl_t=1.0,
             lambda_kl_v=1.0,
             lambda_logdet=1.0,
-            lambda_rec_t=1.0,
-            lambda_rec_v=1.0,
+            lambda_rec_t=0.0,
+            lambda_cross_t=1.0,
+            lambda_rec_v=0.05,
             lambda_align=1.0,
             lambda_adv=1.0,
-            image_encoder_lr=1e-4,
-            lr=1e-3,
+            image_encoder_lr=2e-3,
+            lr=2e-3,
             notes={"preset": "small"},
         )
         base.update(overrides)

@@ -95,7 +95,7 @@ class ConvEncoder(nn.Module):
             nn.Conv2d(2 * c, 4 * c, 4, 2, 1), nn.LeakyReLU(0.2),  # 8x8
             nn.Conv2d(4 * c, 8 * c, 4, 2, 1), nn.LeakyReLU(0.2),  # 4x4
         )
-        self.body = nn.Sequential(nn.Linear(8 * c * 16, hidden), nn.ReLU())
+        self.body = nn.Sequential(nn.Linear(8 * c * 16, hidden), nn.LeakyReLU(0.2))
         self.head = _Head(hidden, code_dim, learned_variance)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:

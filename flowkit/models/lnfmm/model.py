@@ -334,7 +334,8 @@ class LNFMM(nn.Module):
         # -- alignment of the shared codes (labeled pairs only) ---------------------------------
         if paired:
             fs_v, logdet = self._fs(zs_v)  # image space -> text space
-            terms["align"] = _masked_mean((fs_v - zs_t).square().sum(dim=1), weight)
+            target = zs_t.detach() if cfg.align_text_target else zs_t
+            terms["align"] = _masked_mean((fs_v - target).square().sum(dim=1), weight)
             terms["logdet_fs"] = _masked_mean(logdet, weight)
 
         # -- text: prior KL (Eq. 8, one sample) and reconstruction ------------------------------
