@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flowkit.commands import positive_int
+
 __all__ = ["add_parser", "run", "add_data_arguments", "data_overrides"]
 
 DESCRIPTION = """\
@@ -29,13 +31,6 @@ examples:
   flowkit caption --checkpoint runs/small --images 20000000,20000001 --num-samples 5 --method beam
   flowkit caption --checkpoint runs/coco --coco-root data/coco --features data/coco/fc7.npz --out captions.json
 """
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {text}")
-    return value
 
 
 def _ids(text: str) -> list[int]:
@@ -93,14 +88,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="DIR", required=True, help="a training run folder holding checkpoint.pt (flowkit train --out DIR), or the file")
     p.add_argument("--images", metavar="ID,ID,...", type=_ids, default=None, help="caption these image ids (looked up in --split, else in test, val, train)")
     p.add_argument("--split", choices=["val", "test", "train"], default=None, help="caption the images of this split (default test)")
-    p.add_argument("--num-samples", type=_positive, default=100, metavar="S", help="captions sampled per image (default 100, the paper's protocol)")
+    p.add_argument("--num-samples", type=positive_int, default=100, metavar="S", help="captions sampled per image (default 100, the paper's protocol)")
     p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="scales the prior's base samples; 0 gives one deterministic caption (default 1.0)")
     p.add_argument("--method", choices=["greedy", "beam"], default="greedy", help="decoding of each sampled latent (default greedy; beam width 2 as the official code)")
-    p.add_argument("--limit", type=_positive, default=None, metavar="N", help="only the first N images (default: all of the split)")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N images (default: all of the split)")
     p.add_argument("--show", type=int, default=5, metavar="K", help="captions printed per image (all go to --out; default 5, 0 prints none)")
     p.add_argument("--out", metavar="FILE", default=None, help="write {image_id: [captions]} as JSON here (default CHECKPOINT/captions_<split>.json)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
-    p.add_argument("--batch-size", type=_positive, default=8, metavar="B", help="images per sampling call (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="B", help="images per sampling call (default 8)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run the model (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_data_arguments(p)

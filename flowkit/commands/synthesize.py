@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from flowkit.commands import positive_int
+
 __all__ = ["add_parser", "run"]
 
 DESCRIPTION = """\
@@ -30,13 +32,6 @@ examples:
 """
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {text}")
-    return value
-
-
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     r"""Adds ``synthesize`` to the ``flowkit`` subparsers.
 
@@ -52,7 +47,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", metavar="DIR", required=True, help="a training run folder holding checkpoint.pt (flowkit train --out DIR), or the file")
     p.add_argument("--caption", metavar="TEXT", action="append", required=True, help="the caption (repeat for several; one grid row each)")
-    p.add_argument("--num-samples", type=_positive, default=8, metavar="S", help="images per caption (default 8)")
+    p.add_argument("--num-samples", type=positive_int, default=8, metavar="S", help="images per caption (default 8)")
     p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="scales the prior's base samples; 0 gives the mode (default 1.0)")
     p.add_argument("--out", metavar="FILE", default=None, help="the PNG grid (default CHECKPOINT/synthesized.png)")
     p.add_argument("--save-tensor", metavar="FILE", default=None, help="also save the images as a torch tensor file (.pt)")

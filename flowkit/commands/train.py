@@ -18,6 +18,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from flowkit.commands import fraction, non_negative_int, positive_int
+from flowkit.data.loading import DATA_DEFAULTS
+
 __all__ = ["add_parser", "parse_overrides", "run"]
 
 DESCRIPTION = """\
@@ -45,16 +48,6 @@ examples:
 """
 
 # Data options: kept in the checkpoint (as "meta") so that --resume reloads the same data.
-_DATA_DEFAULTS: dict[str, Any] = {
-    "data": "shapes",
-    "coco_root": None,
-    "features": None,
-    "max_len": None,
-    "vocab_threshold": 4,
-    "sizes": None,
-    "data_seed": 0,
-    "split_scheme": "karpathy",
-}
 _BATCH_DEFAULTS = {"small": 32, "paper": 128}
 
 
@@ -72,27 +65,6 @@ def _sizes(text: str) -> dict[str, int]:
         if out[key] < 1:
             raise argparse.ArgumentTypeError(f"size of {key!r} must be >= 1, got {out[key]}")
     return out
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}")
-    return value
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -116,8 +88,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--split-scheme", choices=["karpathy", "coco", "ids", "mrnn"], default=None, help="how COCO images are split (default karpathy)")
     g.add_argument("--sizes", metavar="train=N,val=N,test=N", type=_sizes, default=None, help="images per split of the shapes data (default train=2000,val=200,test=200)")
     g.add_argument("--data-seed", metavar="S", type=int, default=None, help="seed of the generated shapes data (default 0)")
-    g.add_argument("--max-len", metavar="L", type=_positive, default=None, help="caption length in tokens with <start>/<end> (default 20 shapes, 40 COCO)")
-    g.add_argument("--vocab-threshold", metavar="K", type=_positive, default=None, help="keep words seen at least K times in training captions (default 4)")
+    g.add_argument("--max-len", metavar="L", type=positive_int, default=None, help="caption length in tokens with <start>/<end> (default 20 shapes, 40 COCO)")
+    g.add_argument("--vocab-threshold", metavar="K", type=positive_int, default=None, help="keep words seen at least K times in training captions (default 4)")
 
     g = p.add_argument_group("model")
     g.add_argument("--preset", choices=["small", "paper"], default=None, help="LNFMMConfig preset: 'small' (CPU minutes, default) or 'paper' (appendix A.1 sizes)")
@@ -133,20 +105,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=_non_negative, metavar="N", default=None, help="total optimizer steps (a resumed run continues up to N; default 1000)")
-    g.add_argument("--batch-size", type=_positive, metavar="B", default=None, help="pairs per step and process (default 32 small, 128 paper)")
+    g.add_argument("--steps", type=non_negative_int, metavar="N", default=None, help="total optimizer steps (a resumed run continues up to N; default 1000)")
+    g.add_argument("--batch-size", type=positive_int, metavar="B", default=None, help="pairs per step and process (default 32 small, 128 paper)")
     g.add_argument("--seed", type=int, metavar="S", default=None, help="seed of the initialization, training noise and data order (default 0)")
-    g.add_argument("--labeled-fraction", type=_fraction, metavar="F", default=None, help="semi-supervised: only this fixed, seeded fraction of training pairs is labeled (default 1.0)")
+    g.add_argument("--labeled-fraction", type=fraction, metavar="F", default=None, help="semi-supervised: only this fixed, seeded fraction of training pairs is labeled (default 1.0)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train (default auto: CUDA when available; under torchrun cuda:LOCAL_RANK)")
     g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto", help="mixed precision on CUDA (auto: bf16 where supported, else fp16 + GradScaler); ignored on CPU")
-    g.add_argument("--num-workers", type=_non_negative, metavar="W", default=0, help="DataLoader worker processes (default 0)")
+    g.add_argument("--num-workers", type=non_negative_int, metavar="W", default=0, help="DataLoader worker processes (default 0)")
     g.add_argument("--find-unused-parameters", action="store_true", help="under torchrun: let DDP handle parameters without a gradient in a step (slower; LNFMM does not need it)")
 
     g = p.add_argument_group("output")
     g.add_argument("--out", metavar="DIR", default=None, help="run folder for checkpoint.pt, config.json, vocab.json, log.csv (default: the --resume folder)")
     g.add_argument("--resume", metavar="DIR", default=None, help="continue exactly from DIR/checkpoint.pt (errors if there is none or the run differs)")
     g.add_argument("--overwrite", action="store_true", help="start a new run in an --out folder that already holds a checkpoint (replacing it)")
-    g.add_argument("--checkpoint-every", type=_non_negative, metavar="K", default=500, help="save a checkpoint every K steps, 0 for the end only (default 500); saves are atomic")
+    g.add_argument("--checkpoint-every", type=non_negative_int, metavar="K", default=500, help="save a checkpoint every K steps, 0 for the end only (default 500); saves are atomic")
     g.add_argument(
         "--log",
         "--log-backend",
@@ -156,7 +128,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="log.csv is always written; 'tensorboard'/'both' add TensorBoard events when installed (default both). "
         "Under torchrun spell it --log-backend: torchrun's own parser takes --log for an abbreviation of its --log-dir",
     )
-    g.add_argument("--log-every", type=_positive, metavar="K", default=1, help="write a log row every K steps (default 1)")
+    g.add_argument("--log-every", type=positive_int, metavar="K", default=1, help="write a log row every K steps (default 1)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -223,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--out DIR is required (or --resume DIR to continue a run)")
     out = Path(args.out if args.out is not None else args.resume)
 
-    given_data = {k: getattr(args, k) for k in _DATA_DEFAULTS}
+    given_data = {k: getattr(args, k) for k in DATA_DEFAULTS}
     overrides = parse_overrides(_flatten(args.overrides), LNFMMConfig)
     if args.lr is not None:
         overrides["lr"] = float(args.lr)
@@ -245,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         saved_training = stored.get("training", {})
         mismatches = []
         data_opts = {}
-        for key, default in _DATA_DEFAULTS.items():
+        for key, default in DATA_DEFAULTS.items():
             saved = meta.get(key, default)
             if given_data[key] is not None and given_data[key] != saved:
                 mismatches.append(f"--{key.replace('_', '-')}: checkpoint {saved!r}, now {given_data[key]!r}")
@@ -263,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
         fraction = args.labeled_fraction if args.labeled_fraction is not None else saved_training.get("labeled_fraction", 1.0)
         steps = args.steps if args.steps is not None else saved_training.get("steps", 1000)
     else:
-        data_opts = {k: (v if v is not None else _DATA_DEFAULTS[k]) for k, v in given_data.items()}
+        data_opts = {k: (v if v is not None else DATA_DEFAULTS[k]) for k, v in given_data.items()}
         preset = args.preset or "small"
         config = getattr(LNFMMConfig, preset)(**overrides)
         batch_size = args.batch_size if args.batch_size is not None else _BATCH_DEFAULTS[preset]

@@ -19,9 +19,23 @@ from flowkit.data.errors import DataError
 from flowkit.data.grammar import Scene
 from flowkit.data.vocab import Vocabulary
 
-__all__ = ["CaptionData", "PairDataset", "ImageDataset", "load_caption_data", "DEFAULT_MAX_LEN"]
+__all__ = ["DATA_DEFAULTS", "CaptionData", "PairDataset", "ImageDataset", "load_caption_data", "DEFAULT_MAX_LEN"]
 
 DEFAULT_MAX_LEN: dict[str, int] = {"shapes": 20, "coco": 40}
+
+#: The data options a training run records in its checkpoint (``ckpt["meta"]["data"]``, as
+#: ``flowkit train`` and the examples write them) and their defaults; the evaluation and the
+#: ``caption``/``evaluate`` commands reload a run's data from them.
+DATA_DEFAULTS: dict[str, object] = {
+    "data": "shapes",
+    "coco_root": None,
+    "features": None,
+    "max_len": None,
+    "vocab_threshold": 4,
+    "sizes": None,
+    "data_seed": 0,
+    "split_scheme": "karpathy",
+}
 _SPLITS = ("train", "val", "test")
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from flowkit.data.loading import DATA_DEFAULTS
 from flowkit.evaluation.captioning import (
     CAPTION_METRICS,
     encode_dataset_images,
@@ -58,19 +59,6 @@ __all__ = [
     "train_image_ids",
     "write_report",
 ]
-
-#: The data options a training run records in its checkpoint (``ckpt["meta"]["data"]``, as
-#: ``flowkit train`` writes them) and their defaults.
-DATA_DEFAULTS: dict[str, Any] = {
-    "data": "shapes",
-    "coco_root": None,
-    "features": None,
-    "max_len": None,
-    "vocab_threshold": 4,
-    "sizes": None,
-    "data_seed": 0,
-    "split_scheme": "karpathy",
-}
 
 
 def _checkpoint_file(checkpoint: str | os.PathLike[str]) -> Path:
