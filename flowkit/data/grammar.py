@@ -281,7 +281,7 @@ def render(c: Constraints) -> str:
 # ---------------------------------------------------------------------------------------------
 # Parsing.
 class _Fail(Exception):
-    pass
+    """Raised inside the parser when a caption leaves the grammar; parse() returns None."""
 
 
 class _Parser:

@@ -15,6 +15,7 @@ jitter and noise: the splits are disjoint in ids and in rendering, not in the sc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -394,11 +395,9 @@ def export_coco(
     }
     marker = root / _MARKER
     if marker.is_file():
-        try:
+        with contextlib.suppress(json.JSONDecodeError):  # a damaged marker: export again
             if json.loads(marker.read_text()) == settings:
                 return root
-        except json.JSONDecodeError:
-            pass
         marker.unlink()
 
     karpathy: list[dict[str, Any]] = []

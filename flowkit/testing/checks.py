@@ -202,6 +202,17 @@ def _call(t: nn.Module, x: Tensor, context: Tensor | None, inverse: bool = False
     return fn(x, context=context)
 
 
+def _prepare(
+    t: nn.Module, x: Tensor, context: Tensor | None, dtype: torch.dtype | None, warm_up: bool
+) -> tuple[str, nn.Module, Tensor, Tensor | None]:
+    # The checks run on a copy in ``dtype`` (eval mode), so the user's layer is never changed.
+    tc = prepared_copy(t, dtype)
+    x, context = _as(x, dtype), _as(context, dtype)
+    if warm_up:
+        _warm_up(tc, x, context)
+    return layer_name(t), tc, x, context
+
+
 def _warm_up(tc: nn.Module, x: Tensor, context: Tensor | None) -> None:
     # One training-mode forward pass on the whole batch, as a first training step would do:
     # data-dependent initialisations (ActNorm) happen here, on the copy. Then back to eval.
@@ -252,12 +263,7 @@ def check_invertible(
         >>> bool(check_invertible(t, torch.randn(3, 4)))
         True
     """
-    name = layer_name(t)
-    tc = prepared_copy(t, dtype)
-    x = _as(x, dtype)
-    context = _as(context, dtype)
-    if warm_up:
-        _warm_up(tc, x, context)
+    name, tc, x, context = _prepare(t, x, context, dtype, warm_up)
     with torch.no_grad():
         y, ld_f = _call(tc, x, context)
         x_inv, ld_i2 = _call(tc, x, context, inverse=True)
@@ -382,12 +388,7 @@ def check_log_det(
         >>> check_log_det(t, torch.randn(8, 4)).max_error < 1e-8
         True
     """
-    name = layer_name(t)
-    tc = prepared_copy(t, dtype)
-    x = _as(x, dtype)
-    context = _as(context, dtype)
-    if warm_up:
-        _warm_up(tc, x, context)
+    name, tc, x, context = _prepare(t, x, context, dtype, warm_up)
     todo = [("forward", x, False)]
     if inverse:
         with torch.no_grad():

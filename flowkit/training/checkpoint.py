@@ -11,6 +11,7 @@ previous checkpoint untouched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
@@ -49,9 +50,8 @@ def _fsync_dir(directory: Path) -> None:
     except OSError:  # e.g. Windows: directories cannot be opened
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):  # not every file system syncs directories
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -69,10 +69,8 @@ def _atomic_write(path: str | os.PathLike, write: Any) -> Path:
     except BaseException:
         # Whatever went wrong (disk full, KeyboardInterrupt, a bad object), the target keeps
         # its previous content and no temporary file is left behind.
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     _fsync_dir(path.parent)
     return path
