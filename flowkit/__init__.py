@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from flowkit import transforms
 from flowkit.transforms import (
     ActNorm,
     AdditiveCoupling,
@@ -27,24 +28,4 @@ from flowkit.transforms import (
 from flowkit.distributions import Flow, StandardNormal
 from flowkit.builders import glow, realnvp
 
-__all__ = [
-    "__version__",
-    "InputError",
-    "Transform",
-    "AffineCoupling",
-    "AdditiveCoupling",
-    "ActNorm",
-    "ConditionalActNorm",
-    "ElementwiseScale",
-    "Invertible1x1",
-    "Permutation",
-    "Reverse",
-    "Switch",
-    "Sequential",
-    "Inverse",
-    "StandardNormal",
-    "Flow",
-    "glow",
-    "realnvp",
-    "data_init",
-]
+__all__ = ["__version__", *transforms.__all__, "StandardNormal", "Flow", "glow", "realnvp"]

@@ -175,20 +175,25 @@ def _examples(ids: Any, count: int = 3) -> str:
     return f"[{shown}{', ...' if len(ids) > count else ''}]"
 
 
-def _check_references(references: Mapping[ImageId, Sequence[str]]) -> None:
-    if not isinstance(references, Mapping):
-        raise TypeError(f"references must be a dict image id -> list of captions, got {type(references).__name__}")
-    if len(references) == 0:
-        raise ValueError("no images to score: references is empty")
-    bad = [i for i, v in references.items() if isinstance(v, str)]
+def _check_caption_lists(captions: Mapping[ImageId, Sequence[str]], name: str, empty_what: str) -> None:
+    # references and candidate lists share one shape: a non-empty dict id -> non-empty list
+    if not isinstance(captions, Mapping):
+        raise TypeError(f"{name} must be a dict image id -> list of captions, got {type(captions).__name__}")
+    if len(captions) == 0:
+        raise ValueError(f"no images to score: {name} is empty")
+    bad = [i for i, v in captions.items() if isinstance(v, str)]
     if bad:
         raise TypeError(
-            f"references must map each image id to a list of captions; {len(bad)} ids map to a single string "
+            f"{name} must map each image id to a list of captions; {len(bad)} ids map to a single string "
             f"(e.g. {_examples(bad)}): wrap it in a list"
         )
-    empty = [i for i, v in references.items() if len(v) == 0]
+    empty = [i for i, v in captions.items() if len(v) == 0]
     if empty:
-        raise ValueError(f"{len(empty)} images have no reference captions, e.g. {_examples(empty)}")
+        raise ValueError(f"{len(empty)} images have {empty_what}, e.g. {_examples(empty)}")
+
+
+def _check_references(references: Mapping[ImageId, Sequence[str]]) -> None:
+    _check_caption_lists(references, "references", "no reference captions")
 
 
 def _check_ids(references: Mapping[ImageId, Any], candidates: Mapping[ImageId, Any]) -> None:
@@ -206,19 +211,7 @@ def _check_ids(references: Mapping[ImageId, Any], candidates: Mapping[ImageId, A
 
 
 def _check_candidate_lists(candidates: Mapping[ImageId, Sequence[str]]) -> None:
-    if not isinstance(candidates, Mapping):
-        raise TypeError(f"candidates must be a dict image id -> list of captions, got {type(candidates).__name__}")
-    if len(candidates) == 0:
-        raise ValueError("no images: candidates is empty")
-    bad = [i for i, v in candidates.items() if isinstance(v, str)]
-    if bad:
-        raise TypeError(
-            f"candidates must map each image id to a list of captions; {len(bad)} ids map to a single string "
-            f"(e.g. {_examples(bad)}): wrap it in a list"
-        )
-    empty = [i for i, v in candidates.items() if len(v) == 0]
-    if empty:
-        raise ValueError(f"{len(empty)} images have an empty candidate list, e.g. {_examples(empty)}")
+    _check_caption_lists(candidates, "candidates", "an empty candidate list")
 
 
 def _resolve_metrics(metrics: Sequence[str] | None) -> list[str]:

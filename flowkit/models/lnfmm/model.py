@@ -346,7 +346,9 @@ class LNFMM(nn.Module):
             log_p = self.f_t.log_prob(zp_t, context=ctx_t)
             log_q = _gaussian_log_q(eps_t[:, S:], std_t[:, S:])
             terms["kl_t"] = (log_q - log_p).mean()
-            terms["rec_t"] = self._caption_nll(captions, z_t).mean()
+            # with lambda_rec_t = 0 (small preset) the term is only a diagnostic: no graph for it
+            with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.lambda_rec_t > 0):
+                terms["rec_t"] = self._caption_nll(captions, z_t).mean()
             if paired and cfg.lambda_cross_t > 0:
                 # the caption from the image's shared code: what captioning decodes
                 cross = self._caption_nll(captions, torch.cat([fs_v, zp_t], dim=1))
