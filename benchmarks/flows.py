@@ -217,6 +217,30 @@ def compiled_flowkit(model: Model) -> Model:
     return Model("flowkit (compiled)", flow, loss, sample, model.features)
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def matmul_time(model: Model, ctx: Tensor, n: int, runs: int = 3) -> tuple[float, float]:
+    r"""(total, matmul) seconds per sampling run, from torch.profiler's self CPU times.
+
+    No compiler that keeps the matrix products (inductor calls the same BLAS routines on CPU)
+    can make a run faster than its matmul time, so ``eager total / eager matmul`` bounds the
+    speed-up that compiling the sampler can give.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        model.sample(ctx, n)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(runs):
+                model.sample(ctx, n)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 1e6 / runs
+    # cpu_time_total: addmm's own copy of the bias into its output counts as matmul work.
+    mm = sum(e.cpu_time_total for e in events if e.key in MATMUL_OPS) / 1e6 / runs
+    return total, mm
+
+
 def fmt_ms(t: float) -> str:
     return f"{1e3 * t:.1f}"
 
@@ -236,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of flowkit")
     p.add_argument("--libs", default="flowkit,nflows,zuko,FrEIA", help="comma-separated libraries")
+    p.add_argument("--no-profile", action="store_true", help="skip the profile of flowkit's sampling (matmul share)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -305,6 +330,11 @@ def main(argv: list[str] | None = None) -> None:
             ct, cs = med["flowkit (compiled)"]
             print(f"- flowkit compiled speed-up over eager: train {med['flowkit'][0] / ct:.2f}x, "
                   f"sampling {med['flowkit'][1] / cs:.2f}x (target >= 1.20x)")
+        if not args.no_profile:
+            for m in (x for x in models if x.name.startswith("flowkit")):
+                total, mm = matmul_time(m, ctx, args.samples)
+                print(f"- {m.name} sampling, profiled: {fmt_ms(total)} ms per run, of which matrix products "
+                      f"{fmt_ms(mm)} ms ({100 * mm / total:.0f}%); run time / matmul time = {total / mm:.2f}")
         print("- ratios are of medians; flowkit / this < 1 means flowkit is faster")
 
 

@@ -5,12 +5,26 @@ from __future__ import annotations
 import math
 
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import Tensor, nn
 
-from flowkit.transforms.base import InputError
+from flowkit.transforms.base import InputError, apply_transform
 
 __all__ = ["StandardNormal", "Flow"]
+
+
+# The base noise is drawn by PyTorch's own generator even inside torch.compile: inductor
+# would otherwise lower randn to its own RNG, which (a) gives other samples than eager for
+# the same seed and (b) on CPU costs ~10x eager's randn (about 30 ms of a 240 ms sampling
+# run in benchmarks/flows.py). The tag keeps the compiler from merging two draws into one.
+@torch.library.custom_op("flowkit::standard_normal", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
+def _standard_normal(rows: int, features: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.randn(rows, features, dtype=dtype, device=device)
+
+
+@_standard_normal.register_fake
+def _(rows: int, features: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.empty(rows, features, dtype=dtype, device=device)
 
 
 class StandardNormal(nn.Module):
@@ -47,7 +61,7 @@ class StandardNormal(nn.Module):
 
     def sample(self, num_samples: int, context: Tensor | None = None) -> Tensor:
         r"""Returns ``num_samples`` reparameterized samples, shape (num_samples, D)."""
-        eps = torch.randn(num_samples, self.features, dtype=self.std.dtype, device=self.std.device)
+        eps = _standard_normal(num_samples, self.features, self.std.dtype, self.std.device)
         return eps * self.std
 
     def extra_repr(self) -> str:
@@ -90,15 +104,23 @@ class Flow(nn.Module):
         z, ladj = self.transform(x, context)
         return self.base.log_prob(z) + ladj
 
-    def _base_sample(self, num_samples: int, context: Tensor | None, temperature: float) -> tuple[Tensor, Tensor | None]:
-        if not isinstance(num_samples, int) or num_samples < 1:
+    def _inverse_of_base_samples(
+        self, num_samples: int, context: Tensor | None, temperature: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        # Returns (x, z, ladj of the inverse) for S base samples per context row, ordered (b s).
+        # flowkit transforms take the context once per row (context_repeats=S), so their
+        # context networks run B times instead of B * S.
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
         if context is None:
-            return self.base.sample(num_samples) * temperature, None
+            z = self.base.sample(num_samples) * temperature
+            x, ladj = self.transform.inverse(z, None)
+            return x, z, ladj
         if context.dim() != 2:
             raise InputError(f"Flow.sample: expected context of shape (batch, C), got {tuple(context.shape)}")
-        ctx = repeat(context, "b c -> (b s) c", s=num_samples)
-        return self.base.sample(ctx.shape[0]) * temperature, ctx
+        z = self.base.sample(context.shape[0] * num_samples) * temperature
+        x, ladj = apply_transform(self.transform, z, context, num_samples, inverse=True)
+        return x, z, ladj
 
     def _reshape(self, x: Tensor, context: Tensor | None, num_samples: int) -> Tensor:
         return x if context is None else rearrange(x, "(b s) d -> b s d", s=num_samples)
@@ -111,8 +133,7 @@ class Flow(nn.Module):
             context: The context ``(B, C)``, or None.
             temperature: Scales the base samples; 0 gives the image of the base's mode.
         """
-        z, ctx = self._base_sample(num_samples, context, temperature)
-        x, _ = self.transform.inverse(z, ctx)
+        x, _, _ = self._inverse_of_base_samples(num_samples, context, temperature)
         return self._reshape(x, context, num_samples)
 
     def sample_and_log_prob(
@@ -120,8 +141,7 @@ class Flow(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         r"""Returns samples as :meth:`sample` and their log-densities under the flow
         (``(B, S)`` with context, ``(S,)`` without)."""
-        z, ctx = self._base_sample(num_samples, context, temperature)
-        x, ladj = self.transform.inverse(z, ctx)
+        x, z, ladj = self._inverse_of_base_samples(num_samples, context, temperature)
         log_prob = self.base.log_prob(z) - ladj
         if context is None:
             return x, log_prob

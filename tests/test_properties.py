@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import flowkit
-from flowkit.testing import check_invertible, check_log_det, check_shapes, registered_layers
+from flowkit.testing import check_invertible, check_log_det, check_shapes, check_shared_context, registered_layers
 from flowkit.testing import strategies as fst
 
 NAMES = sorted(registered_layers())
@@ -26,6 +26,9 @@ def test_inverse_and_log_det(name: str, data: st.DataObject) -> None:
     # rtol=0: the tolerances are absolute, as the issue states them.
     check_invertible(case.transform, case.x, case.context, atol=1e-10, rtol=0.0)
     check_log_det(case.transform, case.x, case.context, atol=1e-8, rtol=0.0)
+    if isinstance(case.transform, flowkit.Transform):  # context_repeats, as Flow.sample uses it
+        repeats = data.draw(st.integers(1, 4), label="repeats")
+        check_shared_context(case.transform, case.x, case.context, repeats=repeats, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", NAMES)

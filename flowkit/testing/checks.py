@@ -30,6 +30,7 @@ __all__ = [
     "check_shapes",
     "check_deterministic",
     "check_batch_independent",
+    "check_shared_context",
     "check_transform",
     "randomize_parameters",
     "prepared_copy",
@@ -545,6 +546,70 @@ def check_batch_independent(
     return _finish(CheckResult("check_batch_independent", name, ok, err, sample, message=msg), raise_on_failure)
 
 
+def check_shared_context(
+    t: nn.Module,
+    x: Tensor,
+    context: Tensor | None,
+    repeats: int = 3,
+    atol: float = 1e-10,
+    raise_on_failure: bool = True,
+    seed: int = 0,
+) -> CheckResult:
+    r"""Checks ``context_repeats``: a context row shared by S rows acts as S copies of it.
+
+    Each row of ``x`` becomes ``repeats`` rows (plus seeded noise, so they differ); both
+    directions are run with the context given once per row (``context_repeats=repeats``) and
+    with the context repeated, on a float64 copy, and outputs and log-dets must agree to
+    ``atol``. This is the promise a layer with ``shares_context = True`` makes (see
+    :class:`flowkit.Transform`); :meth:`flowkit.Flow.sample` relies on it.
+
+    Arguments:
+        t: A flowkit transform.
+        x: A batch of inputs, ``(B, D)``.
+        context: The context, ``(B, C)``; with None there is nothing to check (passes).
+        repeats: The number of rows S per context row.
+        atol: The absolute tolerance.
+        raise_on_failure: Raise :class:`CheckFailed` on a mismatch (else return the result).
+        seed: The seed of the noise that makes the S rows of a group differ.
+
+    Example:
+        >>> t = randomize_parameters(flowkit.AffineCoupling(4, 2, hidden_features=8))
+        >>> bool(check_shared_context(t, torch.randn(3, 4), torch.randn(3, 2)))
+        True
+    """
+    from flowkit.transforms.base import Transform, repeat_context
+
+    name = layer_name(t)
+    if not isinstance(t, Transform):
+        raise TypeError(f"check_shared_context needs a flowkit Transform (context_repeats), got {name}")
+    if context is None:
+        return _finish(CheckResult("check_shared_context", name, True, message=f"check_shared_context: {name} has no context"), raise_on_failure)
+    g = torch.Generator().manual_seed(seed)
+    xd = _as(x, torch.float64)
+    xs = repeat_context(xd, repeats) + 0.1 * torch.randn(xd.shape[0] * repeats, xd.shape[1], generator=g, dtype=torch.float64)
+    _, tc, xs, cd = _prepare(t, xs, context, torch.float64, warm_up=False)
+    _warm_up(tc, xs, repeat_context(cd, repeats))
+    results = []
+    with torch.no_grad():
+        for direction, inv in (("forward", False), ("inverse", True)):
+            fn = tc.inverse if inv else tc
+            y_rep, ld_rep = fn(xs, repeat_context(cd, repeats))
+            y_sh, ld_sh = fn(xs, cd, context_repeats=repeats)
+            diff = torch.cat([(y_sh - y_rep).abs(), (ld_sh - ld_rep).abs()[:, None]], dim=1)
+            err, sample, _, ok = _worst(diff, torch.full_like(diff, atol))
+            results.append((err, ok, direction, sample))
+    err, ok, direction, sample = max(results, key=lambda r: r[0])
+    ok = all(r[1] for r in results)
+    msg = (
+        f"check_shared_context passed for {name}: max abs difference {err:.3e}"
+        if ok
+        else f"check_shared_context failed for {name}: {direction} with context_repeats={repeats} differs from "
+        f"the repeated context at row {sample} by {err:.3e} > atol={atol:g}; a layer with shares_context=True "
+        f"must treat a context of B rows as each row repeated for its x rows"
+    )
+    return _finish(CheckResult("check_shared_context", name, ok, err, sample, message=msg), raise_on_failure)
+
+
 def check_transform(
     t: nn.Module,
     x: Tensor,
@@ -553,7 +618,8 @@ def check_transform(
     atol_log_det: float = 1e-8,
     raise_on_failure: bool = True,
 ) -> CheckResult:
-    r"""Runs every check: shapes and dtypes, determinism, batch independence, inverse, log-det.
+    r"""Runs every check: shapes and dtypes, determinism, batch independence, inverse, log-det,
+    and for flowkit transforms with a context :func:`check_shared_context`.
 
     Arguments:
         t: The transform.
@@ -579,6 +645,10 @@ def check_transform(
         lambda: check_invertible(t, x, context, atol=atol_inverse, raise_on_failure=raise_on_failure),
         lambda: check_log_det(t, x, context, atol=atol_log_det, raise_on_failure=raise_on_failure),
     ]
+    from flowkit.transforms.base import Transform
+
+    if isinstance(t, Transform) and context is not None:
+        checks.append(lambda: check_shared_context(t, x, context, atol=atol_inverse, raise_on_failure=raise_on_failure))
     details = [c() for c in checks]
     ok = all(details)
     msg = (

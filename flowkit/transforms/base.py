@@ -9,6 +9,12 @@ determinant of its Jacobian:
     x, logabsdet = t.inverse(y, context=None)  # logabsdet: (B,), in x's dtype
 
 This is nflows' signature, so flowkit and nflows transforms compose by duck typing.
+
+flowkit transforms also take ``context_repeats=S``: the context then has ``B`` rows and each
+row serves ``S`` consecutive rows of ``x`` (``x`` is ``(B * S, D)``, ordered ``(b s)``). This
+is what :meth:`flowkit.Flow.sample` uses: layers that set :attr:`Transform.shares_context`
+compute from each context row once instead of ``S`` times; the others see the context
+repeated, so every layer works either way.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Transform", "InputError"]
+__all__ = ["Transform", "InputError", "repeat_context"]
 
 
 class InputError(ValueError):
@@ -72,11 +78,54 @@ def check_finite(owner: str, x: Tensor, context: Tensor | None, name: str = "x")
         raise InputError(f"{owner}: context contains NaN or inf")
 
 
+def repeat_context(context: Tensor, repeats: int) -> Tensor:
+    r"""Repeats each context row ``repeats`` times in place: ``(B, C) -> (B * repeats, C)``.
+
+    Example:
+        >>> repeat_context(torch.tensor([[1.0], [2.0]]), 2).flatten().tolist()
+        [1.0, 1.0, 2.0, 2.0]
+    """
+    return context if repeats == 1 else context.repeat_interleave(repeats, dim=0)
+
+
+def check_repeats(owner: str, rows: int, context: Tensor | None, repeats: int) -> None:
+    r"""Raises :class:`InputError` unless ``repeats`` is a positive int that splits ``rows``."""
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise InputError(f"{owner}: context_repeats must be a positive int, got {repeats!r}")
+    if repeats > 1 and context is not None and context.dim() >= 1 and rows != context.shape[0] * repeats:
+        raise InputError(
+            f"{owner}: with context_repeats={repeats}, x needs {repeats} rows per context row "
+            f"({context.shape[0]} x {repeats} = {context.shape[0] * repeats}), got {rows}"
+        )
+
+
+def apply_transform(
+    t: nn.Module, x: Tensor, context: Tensor | None, repeats: int = 1, inverse: bool = False
+) -> tuple[Tensor, Tensor]:
+    r"""Calls ``t`` (or ``t.inverse``) on ``x`` with a context shared by ``repeats`` rows each.
+
+    flowkit transforms get ``context_repeats``; any other transform (nflows, a user's module
+    with the protocol) gets the context repeated to one row per row of ``x``.
+    """
+    if repeats == 1 or context is None:
+        return t.inverse(x, context) if inverse else t(x, context)
+    if isinstance(t, Transform):
+        return t.inverse(x, context, context_repeats=repeats) if inverse else t(x, context, context_repeats=repeats)
+    context = repeat_context(context, repeats)
+    return t.inverse(x, context) if inverse else t(x, context)
+
+
 class Transform(nn.Module):
     r"""Base class of invertible transforms with a tractable log-determinant.
 
     Subclasses implement :meth:`_forward` and :meth:`_inverse`; the public :meth:`forward` and
     :meth:`inverse` validate the input first, so every layer raises the same clear errors.
+
+    A subclass that sets ``shares_context = True`` promises that its ``_forward`` and
+    ``_inverse`` also accept a context with fewer rows than ``x``: ``B`` rows, each shared by
+    ``x.shape[0] // B`` consecutive rows of ``x`` (see ``context_repeats``). The couplings and
+    :class:`~flowkit.ConditionalActNorm` do, and then run their context networks once per
+    context row; :func:`flowkit.testing.check_shared_context` checks a layer's promise.
 
     Arguments:
         features: The number of features D of the input.
@@ -92,8 +141,12 @@ class Transform(nn.Module):
         self.features = features
         self.context_features = context_features
 
+    #: Whether ``_forward`` / ``_inverse`` accept a context of ``B`` rows for ``x`` of
+    #: ``B * S`` rows (see the class docstring).
+    shares_context: bool = False
+
     # -- validation -------------------------------------------------------------------------
-    def _check(self, x: Tensor, context: Tensor | None, name: str = "x") -> None:
+    def _check(self, x: Tensor, context: Tensor | None, name: str = "x", repeats: int = 1) -> None:
         if _is_compiling():
             return
         if not isinstance(x, Tensor):
@@ -109,23 +162,37 @@ class Transform(nn.Module):
                     f"{type(self).__name__} is conditional (context_features={self.context_features}) and needs "
                     f"context=<tensor of shape (batch, {self.context_features})>"
                 )
-            if context.dim() != 2 or context.shape != (x.shape[0], self.context_features):
+            rows = x.shape[0] // repeats
+            if context.dim() != 2 or context.shape != (rows, self.context_features):
+                per = f" (one row per {repeats} rows of {name})" if repeats > 1 else ""
                 raise InputError(
-                    f"{type(self).__name__}: expected context of shape ({x.shape[0]}, {self.context_features}), "
+                    f"{type(self).__name__}: expected context of shape ({rows}, {self.context_features}){per}, "
                     f"got {tuple(context.shape)}"
                 )
         check_finite(type(self).__name__, x, context if self.context_features > 0 else None, name)
 
     # -- protocol ---------------------------------------------------------------------------
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        r"""Maps data to latent; returns ``(y, logabsdet)`` with ``logabsdet`` of shape (B,)."""
-        self._check(x, context)
+    def forward(self, x: Tensor, context: Tensor | None = None, *, context_repeats: int = 1) -> tuple[Tensor, Tensor]:
+        r"""Maps data to latent; returns ``(y, logabsdet)`` with ``logabsdet`` of shape (B,).
+
+        ``context_repeats=S``: each context row serves ``S`` consecutive rows of ``x``.
+        """
+        context = self._prepare(x, context, "x", context_repeats)
         return self._forward(x, context)
 
-    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def inverse(self, y: Tensor, context: Tensor | None = None, *, context_repeats: int = 1) -> tuple[Tensor, Tensor]:
         r"""Maps latent to data; returns ``(x, logabsdet)`` of the inverse map."""
-        self._check(y, context, name="y")
+        context = self._prepare(y, context, "y", context_repeats)
         return self._inverse(y, context)
+
+    def _prepare(self, x: Tensor, context: Tensor | None, name: str, repeats: int) -> Tensor | None:
+        # Validates, then hands the layer the context in the form it accepts.
+        if (type(repeats) is not int or repeats != 1) and not _is_compiling():  # True == 1, so the type
+            check_repeats(type(self).__name__, x.shape[0] if isinstance(x, Tensor) and x.dim() else 0, context, repeats)
+        self._check(x, context, name, repeats)
+        if repeats != 1 and context is not None and not self.shares_context:
+            context = repeat_context(context, repeats)
+        return context
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:  # abstract
         raise NotImplementedError

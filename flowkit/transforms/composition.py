@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from torch import Tensor, nn
 
-from flowkit.transforms.base import Transform, _is_compiling, check_finite, inner_calls
+from flowkit.transforms.base import Transform, _is_compiling, apply_transform, check_finite, check_repeats, inner_calls
 
 __all__ = ["Sequential", "Inverse"]
 
@@ -57,24 +57,27 @@ class Sequential(Transform):
         self.features = feats[0] if feats else None  # type: ignore[assignment]
         self.context_features = max([getattr(t, "context_features", 0) or 0 for t in self.transforms], default=0)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    shares_context = True  # hands the shared context on; each child decides what to do with it
+
+    def forward(self, x: Tensor, context: Tensor | None = None, *, context_repeats: int = 1) -> tuple[Tensor, Tensor]:
+        return self._checked_chain(x, context, context_repeats, inverse=False)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None, *, context_repeats: int = 1) -> tuple[Tensor, Tensor]:
+        return self._checked_chain(y, context, context_repeats, inverse=True)
+
+    def _checked_chain(self, x: Tensor, context: Tensor | None, repeats: int, inverse: bool) -> tuple[Tensor, Tensor]:
         if _is_compiling():
-            return self._chain(x, context, inverse=False)
-        check_finite(type(self).__name__, x, context)
+            return self._chain(x, context, repeats, inverse)
+        name = "y" if inverse else "x"
+        check_repeats(type(self).__name__, x.shape[0] if isinstance(x, Tensor) and x.dim() else 0, context, repeats)
+        check_finite(type(self).__name__, x, context, name=name)
         with inner_calls():  # the children keep their shape checks, not the NaN scan
-            return self._chain(x, context, inverse=False)
+            return self._chain(x, context, repeats, inverse)
 
-    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if _is_compiling():
-            return self._chain(y, context, inverse=True)
-        check_finite(type(self).__name__, y, context, name="y")
-        with inner_calls():
-            return self._chain(y, context, inverse=True)
-
-    def _chain(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _chain(self, x: Tensor, context: Tensor | None, repeats: int, inverse: bool) -> tuple[Tensor, Tensor]:
         total = x.new_zeros(x.shape[0])
         for t in (reversed(self.transforms) if inverse else self.transforms):
-            x, ladj = t.inverse(x, context) if inverse else t(x, context)
+            x, ladj = apply_transform(t, x, context, repeats, inverse)
             total = total + ladj
         return x, total
 
@@ -108,11 +111,13 @@ class Inverse(Transform):
         self.features = _features(transform)  # type: ignore[assignment]
         self.context_features = getattr(transform, "context_features", 0) or 0
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self.transform.inverse(x, context)  # type: ignore[operator]
+    shares_context = True  # passes the shared context on to the wrapped transform
 
-    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self.transform(y, context)
+    def forward(self, x: Tensor, context: Tensor | None = None, *, context_repeats: int = 1) -> tuple[Tensor, Tensor]:
+        return apply_transform(self.transform, x, context, context_repeats, inverse=True)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None, *, context_repeats: int = 1) -> tuple[Tensor, Tensor]:
+        return apply_transform(self.transform, y, context, context_repeats, inverse=False)
 
     def extra_repr(self) -> str:
         return ""

@@ -88,9 +88,15 @@ class _Coupling(Transform):
             return torch.cat([b, a] if self.flip_mask else [a, b], dim=1)
         return torch.cat([a, b], dim=1).index_select(1, self.inverse_idx)
 
+    # The net runs on [x_a, c]; a context shared by S rows enters once per row (MLP.forward_shared).
+    shares_context = True
+
     def _params(self, a: Tensor, context: Tensor | None) -> Tensor:
-        h = a if (self.context_features == 0 or context is None) else torch.cat([a, context.to(a.dtype)], dim=1)
-        return self.net(h)
+        if self.context_features == 0 or context is None:
+            return self.net(a)
+        if context.shape[0] != a.shape[0]:
+            return self.net.forward_shared(a, context.to(a.dtype))
+        return self.net(torch.cat([a, context.to(a.dtype)], dim=1))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mask={self.mask!r}" + (", flip_mask=True" if self.flip_mask else "")

@@ -36,6 +36,8 @@ class Invertible1x1(Transform):
         True
     """
 
+    shares_context = True  # unconditional: the context is never used
+
     def __init__(self, features: int, seed: int | None = None) -> None:
         super().__init__(features)
         gen = None if seed is None else torch.Generator().manual_seed(int(seed))

@@ -64,6 +64,8 @@ class ActNorm(Transform):
         (True, True)
     """
 
+    shares_context = True  # unconditional: the context is never used
+
     initialized: Tensor
 
     def __init__(self, features: int) -> None:
@@ -92,6 +94,16 @@ class ActNorm(Transform):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", initialized={bool(self.initialized)}"
+
+
+def _group(x: Tensor, context: Tensor) -> Tensor:
+    # (B * S, D) -> (B, S, D) for a context of B rows (S = 1 when the rows match).
+    return x.reshape(context.shape[0], -1, x.shape[1])
+
+
+def _ungroup(per_row: Tensor, grouped: Tensor) -> Tensor:
+    # A per-context-row log-det (B,) -> one per row of x (B * S,).
+    return per_row.unsqueeze(1).expand(grouped.shape[:2]).reshape(-1)
 
 
 class ConditionalActNorm(Transform):
@@ -178,15 +190,22 @@ class ConditionalActNorm(Transform):
         last.bias.copy_(target - mean_out)
         self.initialized.fill_(True)
 
+    # A context shared by S rows: the MLP runs once per context row and the result broadcasts.
+    shares_context = True
+
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         assert context is not None
         shift, log_s = self._shift_log_scale(context, x.dtype)
-        return (x + shift) * torch.exp(log_s), log_s.sum(dim=1)
+        xs = _group(x, context)
+        y = (xs + shift.unsqueeze(1)) * torch.exp(log_s).unsqueeze(1)
+        return y.reshape(x.shape), _ungroup(log_s.sum(dim=1), xs)
 
     def _inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         assert context is not None
         shift, log_s = self._shift_log_scale(context, y.dtype)
-        return y * torch.exp(-log_s) - shift, -log_s.sum(dim=1)
+        ys = _group(y, context)
+        x = ys * torch.exp(-log_s).unsqueeze(1) - shift.unsqueeze(1)
+        return x.reshape(y.shape), _ungroup(-log_s.sum(dim=1), ys)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", scale={self.scale!r}"
@@ -212,6 +231,8 @@ class ElementwiseScale(Transform):
         >>> round(y[0, 0].item(), 4)
         0.9933
     """
+
+    shares_context = True  # unconditional: the context is never used
 
     def __init__(self, features: int, offset: float = 5.0) -> None:
         super().__init__(features)

@@ -24,6 +24,8 @@ class Permutation(Transform):
         tensor([[12., 10., 11.]])
     """
 
+    shares_context = True  # unconditional: the context is never used
+
     indices: Tensor
     inverse_indices: Tensor
 
