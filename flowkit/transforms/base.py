@@ -92,7 +92,7 @@ def check_repeats(owner: str, rows: int, context: Tensor | None, repeats: int) -
     r"""Raises :class:`InputError` unless ``repeats`` is a positive int that splits ``rows``."""
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise InputError(f"{owner}: context_repeats must be a positive int, got {repeats!r}")
-    if repeats > 1 and context is not None and context.dim() >= 1 and rows != context.shape[0] * repeats:
+    if repeats > 1 and isinstance(context, Tensor) and context.dim() >= 1 and rows != context.shape[0] * repeats:
         raise InputError(
             f"{owner}: with context_repeats={repeats}, x needs {repeats} rows per context row "
             f"({context.shape[0]} x {repeats} = {context.shape[0] * repeats}), got {rows}"
@@ -156,6 +156,7 @@ class Transform(nn.Module):
                 f"{type(self).__name__}: expected {name} of shape (batch, {self.features}), got "
                 f"{tuple(x.shape)}; reshape the input or build the layer with features={x.shape[-1] if x.dim() else '?'}"
             )
+        check_repeats(type(self).__name__, x.shape[0], context, repeats)
         if self.context_features > 0:
             if context is None:
                 raise InputError(
@@ -187,8 +188,6 @@ class Transform(nn.Module):
 
     def _prepare(self, x: Tensor, context: Tensor | None, name: str, repeats: int) -> Tensor | None:
         # Validates, then hands the layer the context in the form it accepts.
-        if (type(repeats) is not int or repeats != 1) and not _is_compiling():  # True == 1, so the type
-            check_repeats(type(self).__name__, x.shape[0] if isinstance(x, Tensor) and x.dim() else 0, context, repeats)
         self._check(x, context, name, repeats)
         if repeats != 1 and context is not None and not self.shares_context:
             context = repeat_context(context, repeats)
