@@ -40,7 +40,7 @@ import flowkit
 from flowkit.data import load_caption_data
 from flowkit.data.judges import cache_dir
 from flowkit.data.shapes import DEFAULT_SIZES, export_coco
-from flowkit.evaluation import evaluate_captioning, format_captioning_table, scenes_from_export, write_report
+from flowkit.evaluation import evaluate_captioning, format_captioning_table, probe_image_codes, scenes_from_export, write_report
 from flowkit.metrics import spice_available
 from flowkit.models import LNFMMConfig
 from flowkit.training import TrainSettings, train
@@ -150,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_captioning_table(results))
     print()
+    probe_line = None
+    if scenes is not None:
+        # Does the image code carry the image's content? (docs/lnfmm.md: at CPU budgets it does not)
+        probes = probe_image_codes(model, data, num_train=2000, num_test=500, scenes=scenes)
+        probe_line = ", ".join(f"{k} {v['accuracy']:.2f} ({v['chance']:.2f})" for k, v in probes.items())
+        print(f"[probe] image shared code, linear-probe test accuracy (best constant guess): {probe_line}")
+        print()
 
     # 5. the report
     total_s = time.perf_counter() - start
@@ -161,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": str(run_dir),
         "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s), flowkit {flowkit.__version__}",
         "wall time": f"{total_s:.0f}s",
+        **({"image-code probes": f"linear-probe test accuracy (best constant guess): {probe_line}"} if probe_line else {}),
         "SPICE": "computed" if spice_available() else "not computed (its Stanford CoreNLP jars are absent; pycocoevalcap cannot fetch them offline)",
     }
     paths = write_report({"captioning": results, "meta": meta}, out / "report", title="LNFMM diverse captioning")

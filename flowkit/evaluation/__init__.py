@@ -34,6 +34,7 @@ from flowkit.evaluation.captioning import (
     train_image_ids,
 )
 from flowkit.evaluation.plots import plot_captions, plot_image_grid
+from flowkit.evaluation.probes import probe_image_codes
 from flowkit.evaluation.report import format_captioning_table, format_text_to_image_table, to_jsonable, write_report
 from flowkit.evaluation.text_to_image import encode_captions_text, evaluate_text_to_image, sample_images_for_captions
 
@@ -53,6 +54,7 @@ __all__ = [
     "load_run",
     "plot_captions",
     "plot_image_grid",
+    "probe_image_codes",
     "sample_images_for_captions",
     "scenes_from_export",
     "to_jsonable",
