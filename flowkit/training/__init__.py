@@ -18,6 +18,7 @@ from flowkit.training.checkpoint import (
 )
 from flowkit.training.distributed import DistributedContext, init_distributed, shard
 from flowkit.training.logging import CSVLogger, RunLogger, read_csv_log
+from flowkit.training.pretraining import attribute_targets, initialize_image_encoder, pretrain_shapes_encoder
 from flowkit.training.trainer import (
     NonFiniteLossError,
     Trainer,
@@ -31,6 +32,9 @@ from flowkit.training.trainer import (
 )
 
 __all__ = [
+    "attribute_targets",
+    "initialize_image_encoder",
+    "pretrain_shapes_encoder",
     "CHECKPOINT_NAME",
     "CSVLogger",
     "CheckpointError",

@@ -773,6 +773,10 @@ def train(
     config = adapt_config(config, data)
     seed_everything(settings.seed)
     model = LNFMM(config)
+    if resume is None:  # a resumed run's checkpoint already holds the (pre-trained) weights
+        from flowkit.training.pretraining import initialize_image_encoder
+
+        initialize_image_encoder(model, progress=settings.progress)
     vocab = data.vocab.to_dict() if hasattr(data.vocab, "to_dict") else None
     trainer = Trainer(model, data.train, settings, out=out, config=config, vocab=vocab, meta=meta)
     try:

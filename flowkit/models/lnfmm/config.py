@@ -21,6 +21,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "prior": ("flow", "gaussian"),
     "clamp": ("atan", "tanh", "sigmoid"),
     "image_rec_loss": ("l1", "mse"),
+    "image_encoder_init": ("random", "shapes-attributes"),
 }
 
 
@@ -88,6 +89,13 @@ class LNFMMConfig:
         cross_condition: Condition the priors of a paired row on the other domain's shared
             code mapped through f_s (official; matches inference). False: the row's own code.
         freeze_image_encoder: Keep the image encoder fixed (LNFMM (pre-trained) ablation).
+        image_encoder_init: ``"random"``, or ``"shapes-attributes"``: before training, the
+            conv encoder's trunk (convolutions and hidden layer) is pre-trained on which colours
+            and shapes a shapes image shows and how many objects, on images of another seed
+            (:func:`flowkit.training.pretrain_shapes_encoder`; cached), as the paper's
+            VGG-16 is pre-trained on ImageNet. Conv encoder only.
+        image_encoder_init_steps: Pre-training steps (batch 32) for ``"shapes-attributes"``.
+        freeze_image_trunk: Keep the conv encoder's trunk fixed (the code head still trains).
         gan: Add a hinge-loss discriminator for text-to-image (pixels only).
         lr, image_encoder_lr, discriminator_lr: Adam learning rates (official: 1e-4, 1e-5, 3e-4).
         grad_clip, fv_grad_clip: Gradient value clips (official: 1.0; 5.0 for f_v).
@@ -155,6 +163,9 @@ class LNFMMConfig:
     cross_condition: bool = True
     # ablations / extras
     freeze_image_encoder: bool = False
+    image_encoder_init: str = "random"
+    image_encoder_init_steps: int = 1500
+    freeze_image_trunk: bool = False
     gan: bool = False
     # optimisation
     lr: float = 1e-4
@@ -176,7 +187,7 @@ class LNFMMConfig:
             "image_size", "image_encoder_hidden", "conv_encoder_channels", "word_embedding_dim",
             "text_encoder_hidden", "text_encoder_layers", "decoder_hidden", "decoder_embedding_dim",
             "generator_channels", "discriminator_channels", "feature_decoder_hidden", "fs_layers",
-            "fs_hidden", "fv_layers", "fv_hidden", "ft_layers", "ft_hidden",
+            "fs_hidden", "fv_layers", "fv_hidden", "ft_layers", "ft_hidden", "image_encoder_init_steps",
         ]
         for name in positive:
             value = getattr(self, name)
@@ -221,6 +232,11 @@ class LNFMMConfig:
             errors.append(
                 f"image_size={self.image_size}: the pixel encoder and the SAGAN generator are built for "
                 f"64x64 images; resize the data to 64"
+            )
+        if self.image_encoder != "conv" and (self.image_encoder_init != "random" or self.freeze_image_trunk):
+            errors.append(
+                f"image_encoder_init={self.image_encoder_init!r} / freeze_image_trunk={self.freeze_image_trunk} "
+                f"apply to the 'conv' image encoder, not {self.image_encoder!r}"
             )
         if self.gan and self.image_encoder == "features":
             errors.append("gan=True needs a pixel image encoder ('conv' or 'vgg16'); features cannot be judged by a discriminator")

@@ -98,10 +98,28 @@ class ConvEncoder(nn.Module):
         self.body = nn.Sequential(nn.Linear(8 * c * 16, hidden), nn.LeakyReLU(0.2))
         self.head = _Head(hidden, code_dim, learned_variance)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    def trunk(self, x: Tensor) -> Tensor:
+        r"""The hidden features (B, hidden) under the code head: convolutions, then the MLP."""
         # images come in [0, 1]; centre them so the first layer sees zero-mean input
         h = self.convs(x * 2.0 - 1.0)
-        return self.head(self.body(rearrange(h, "b c h w -> b (c h w)")))
+        return self.body(rearrange(h, "b c h w -> b (c h w)"))
+
+    def trunk_state_dict(self) -> dict[str, Tensor]:
+        r"""The trunk's weights (``convs.*`` and ``body.*``), e.g. from a pre-training run."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(("convs.", "body."))}
+
+    def load_trunk_state_dict(self, state: dict[str, Tensor]) -> None:
+        r"""Loads :meth:`trunk_state_dict` weights; the code head is left as it is."""
+        expected = set(self.trunk_state_dict())
+        if set(state) != expected:
+            raise ValueError(
+                f"trunk weights do not fit this ConvEncoder: missing {sorted(expected - set(state))[:3]}, "
+                f"unexpected {sorted(set(state) - expected)[:3]}"
+            )
+        self.load_state_dict(state, strict=False)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        return self.head(self.trunk(x))
 
 
 class VGG16Encoder(nn.Module):

@@ -98,6 +98,10 @@ class LNFMM(nn.Module):
         if cfg.freeze_image_encoder:
             # LNFMM (pre-trained): the image codes stay fixed, everything else adapts to them
             self.image_encoder.requires_grad_(False)
+        if cfg.freeze_image_trunk:
+            # a pre-trained trunk keeps its features; the code head still adapts
+            self.image_encoder.convs.requires_grad_(False)
+            self.image_encoder.body.requires_grad_(False)
         self.text_encoder = TextEncoder(
             cfg.vocab_size, cfg.word_embedding_dim, cfg.text_encoder_hidden, cfg.text_encoder_layers, cfg.text_code_dim, lv
         )
