@@ -136,6 +136,7 @@ def test_check_shared_context_catches_a_broken_promise() -> None:
         check_shared_context(_ForeignCoupling(), x.double(), c.double())
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside torch's inductor
 def test_compiled_sampler_draws_the_eager_samples() -> None:
     torch._dynamo.reset()
     flow = _glow64().float()
