@@ -79,7 +79,7 @@ def check_finite(owner: str, x: Tensor, context: Tensor | None, name: str = "x")
 
 
 def repeat_context(context: Tensor, repeats: int) -> Tensor:
-    r"""Repeats each context row ``repeats`` times in place: ``(B, C) -> (B * repeats, C)``.
+    r"""Repeats each context row ``repeats`` times, copies next to each other: ``(B, C) -> (B * repeats, C)``.
 
     Example:
         >>> repeat_context(torch.tensor([[1.0], [2.0]]), 2).flatten().tolist()
