@@ -6,7 +6,10 @@ Variants (each trained with the same data, steps and seeds, from ``LNFMMConfig.s
 * ``lnfmm``: LNFMM (flow priors, flow alignment f_s);
 * ``cvae``: the CVAE baseline, Gaussian conditional priors (``prior="gaussian"``);
 * ``mse``: LNFMM-MSE, shared codes aligned by MSE without f_s (``alignment="mse"``);
-* ``txt``: LNFMM-TXT, no image-specific code (``image_specific_dim=0``).
+* ``txt``: LNFMM-TXT, no image-specific code (``image_specific_dim=0``);
+* ``pre`` / ``pre-noisy``: LNFMM with the conv encoder's trunk pre-trained on shapes
+  attributes and frozen (``image_encoder_init="shapes-attributes"``), the second also with
+  ``text_noise_std=0.5`` (not in the default run: ``--variants lnfmm pre pre-noisy``).
 
 Metrics: the paper's oracle and consensus re-ranked scores (Tables 1, 2), diversity of the
 best 5 (Table 3), the exact ground-truth caption accuracy and coverage, and text-to-image
@@ -37,7 +40,7 @@ import torch
 
 from flowkit.data import load_caption_data
 from flowkit.data.judges import get_attribute_classifier
-from flowkit.evaluation import evaluate_captioning, evaluate_text_to_image, to_jsonable
+from flowkit.evaluation import evaluate_captioning, evaluate_text_to_image, probe_image_codes, to_jsonable
 from flowkit.models import LNFMMConfig
 from flowkit.training import TrainSettings, train
 
@@ -46,6 +49,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "cvae": ("CVAE baseline (Gaussian prior)", {"prior": "gaussian"}),
     "mse": ("LNFMM-MSE (no f_s)", {"alignment": "mse"}),
     "txt": ("LNFMM-TXT (no z'_v)", {"image_specific_dim": 0}),
+    # the pre-trained conv encoder (docs/lnfmm.md): trunk pre-trained on shapes attributes, frozen
+    "pre": ("LNFMM, pre-trained frozen encoder trunk", {"image_encoder_init": "shapes-attributes", "freeze_image_trunk": True}),
+    "pre-noisy": (
+        "LNFMM, pre-trained frozen trunk, text_noise_std 0.5",
+        {"image_encoder_init": "shapes-attributes", "freeze_image_trunk": True, "text_noise_std": 0.5},
+    ),
 }
 
 #: (column title, path in the results, digits)
@@ -68,6 +77,7 @@ DIVERSITY_COLUMNS = [
     ("GT accuracy", ("captioning", "ground_truth", "accuracy"), 3),
     ("GT coverage", ("captioning", "ground_truth", "coverage"), 4),
 ]
+PROBE_COLUMNS = [(f"probe {a}", ("probe", a, "accuracy"), 2) for a in ("count", "shape", "color", "size", "row", "col")]
 IMAGE_COLUMNS = [
     ("T2I accuracy", ("text_to_image", "caption_accuracy"), 3),
     ("free-attr. spread", ("text_to_image", "free_attribute_spread"), 3),
@@ -79,7 +89,7 @@ IMAGE_COLUMNS = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="LNFMM vs CVAE, LNFMM-MSE and LNFMM-TXT on the embedded shapes data.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="models to compare")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["lnfmm", "cvae", "mse", "txt"], help="models to compare")
     p.add_argument("--steps", type=int, default=1500, help="training steps per model")
     p.add_argument("--batch-size", type=int, default=32, help="pairs per step")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (each variant is trained once per seed)")
@@ -152,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             for part in (cap, t2i):
                 for k in ("samples", "ranked", "references", "free_attribute_spread_per_caption"):
                     part.pop(k, None)
-            runs[key].append({"seed": seed, "train_seconds": train_s, "seconds": time.perf_counter() - t0, "captioning": cap, "text_to_image": t2i})
+            probe = probe_image_codes(model, data, num_train=args.train_images, num_test=args.test_images)
+            runs[key].append({"seed": seed, "train_seconds": train_s, "seconds": time.perf_counter() - t0, "captioning": cap, "text_to_image": t2i, "probe": probe})
             print(f"   oracle C {cap['oracle']['CIDEr']:.3f}, consensus C {cap['consensus']['CIDEr']:.3f}, unique {cap['diversity']['unique']:.1f}%, "
                   f"GT accuracy {cap['ground_truth']['accuracy']:.3f}, T2I accuracy {t2i.get('caption_accuracy', float('nan')):.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
 
@@ -171,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         header
         + ["", "Accuracy (Tables 1, 2: oracle over all samples, consensus re-ranked top-1):", "", table(runs, CAPTION_COLUMNS)]
         + ["", "Diversity of the best 5 (Table 3) and exact ground truth over all samples:", "", table(runs, DIVERSITY_COLUMNS)]
+        + ["", "Linear probes of the image shared code (test accuracy; `flowkit.evaluation.probe_image_codes`):", "", table(runs, PROBE_COLUMNS)]
         + ["", "Text-to-image (Table 6 and classifier judges; pixel diversity is RMS pixel distance, not LPIPS):", "", table(runs, IMAGE_COLUMNS)]
     )
     out.mkdir(parents=True, exist_ok=True)
