@@ -45,7 +45,7 @@ from flowkit.metrics import spice_available
 from flowkit.models import LNFMMConfig
 from flowkit.training import TrainSettings, train
 
-TINY = {"sizes": {"train": 120, "val": 8, "test": 8}, "steps": 30, "test_images": 4, "num_samples": 10, "batch_size": 16}
+TINY = {"sizes": {"train": 120, "val": 8, "test": 8}, "steps": 30, "test_images": 4, "num_samples": 10, "batch_size": 16, "pretrain_steps": 20}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         # split_scheme="coco": the captions_<split>.json files are read with pycocotools
         data = load_caption_data("coco", root=root, split_scheme="coco", progress=progress)
         scenes = scenes_from_export(root)
-        config = LNFMMConfig.small()
+        # small() pre-trains its image trunk first (about 30 s, then cached; docs/lnfmm.md)
+        config = LNFMMConfig.small(image_encoder_init_steps=TINY["pretrain_steps"]) if args.tiny else LNFMMConfig.small()
         steps = args.steps or (TINY["steps"] if args.tiny else 1500)
         batch_size = args.batch_size or (TINY["batch_size"] if args.tiny else 32)
         data_meta = {"data": "coco", "coco_root": str(root), "features": None, "split_scheme": "coco"}

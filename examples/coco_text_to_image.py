@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         steps = 20 if args.tiny else args.steps
         data = load_caption_data("shapes", sizes=sizes, seed=0, progress=progress)
         meta = {"data": {"data": "shapes", "sizes": sizes, "data_seed": 0}, "preset": "small"}
-        trainer = train(LNFMMConfig.small(), data, TrainSettings(steps=steps, batch_size=16 if args.tiny else 32, seed=args.seed, progress=progress), out=out / "run", meta=meta)
+        config = LNFMMConfig.small(image_encoder_init_steps=20) if args.tiny else LNFMMConfig.small()
+        trainer = train(config, data, TrainSettings(steps=steps, batch_size=16 if args.tiny else 32, seed=args.seed, progress=progress), out=out / "run", meta=meta)
         model, vocab = trainer.module.cpu().eval(), data.vocab
         print(f"[train] {steps} steps in {time.perf_counter() - start:.0f}s -> {out / 'run'}")
     if not model.config.pixels:

@@ -35,7 +35,7 @@ import flowkit
 from flowkit.data import load_caption_data
 from flowkit.evaluation import generate_captions
 from flowkit.models import LNFMM, LNFMMConfig
-from flowkit.training import Trainer, TrainSettings, adapt_config, seed_everything
+from flowkit.training import Trainer, TrainSettings, adapt_config, initialize_image_encoder, seed_everything
 
 
 def build_prior(features: int, context_features: int, layers: int = 3, hidden: int = 64, bins: int = 8) -> flowkit.Flow:
@@ -89,10 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {"train": 100, "val": 4, "test": 4} if args.tiny else {"train": args.train_images, "val": 20, "test": 20}
     steps = 10 if args.tiny else args.steps
     data = load_caption_data("shapes", sizes=sizes, seed=0)
-    config = adapt_config(LNFMMConfig.small(), data)  # vocabulary size, caption length, pixels
+    # vocabulary size, caption length, pixels; small() pre-trains its image trunk (cached)
+    config = adapt_config(LNFMMConfig.small(image_encoder_init_steps=20 if args.tiny else 1500), data)
 
     seed_everything(args.seed)
     model = LNFMM(config)
+    initialize_image_encoder(model)  # what flowkit.training.train does for small()
     default_params = sum(p.numel() for p in model.f_t.parameters())
     model.f_t = build_prior(config.text_specific_dim, config.shared_dim)  # <- the replacement
     print(f"f_t replaced: {type(model.f_t.transform[1].transform).__name__} inside {type(model.f_t).__name__} "

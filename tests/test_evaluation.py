@@ -38,7 +38,7 @@ def data():
 def run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     meta = {"data": {"data": "shapes", "sizes": SIZES, "data_seed": 0}, "preset": "small"}
-    trainer = train(LNFMMConfig.small(), data, TrainSettings(steps=4, batch_size=8, progress=False), out=out, meta=meta)
+    trainer = train(LNFMMConfig.small(image_encoder_init_steps=10), data, TrainSettings(steps=4, batch_size=8, progress=False), out=out, meta=meta)
     return trainer.module.eval(), out
 
 

@@ -22,6 +22,8 @@ def tiny(**overrides) -> LNFMMConfig:
         word_embedding_dim=8, text_encoder_hidden=8, text_encoder_layers=2, decoder_hidden=16,
         decoder_embedding_dim=8, generator_channels=2, discriminator_channels=2, feature_decoder_hidden=16,
         fs_layers=2, fs_hidden=16, fv_layers=2, fv_hidden=16, ft_layers=2, ft_hidden=16,
+        # the model's mechanics with a trainable conv trunk; the pre-trained one: test_pretraining.py
+        image_encoder_init="random", freeze_image_trunk=False,
     )
     base.update(overrides)
     return LNFMMConfig.small(**base)

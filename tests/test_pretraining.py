@@ -4,6 +4,7 @@ a frozen trunk stays frozen."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,23 @@ def test_new_runs_start_from_the_pretrained_trunk_and_resume_keeps_it(tmp_path: 
     resumed = train(cfg, data, TrainSettings(steps=4, batch_size=4, progress=False), out=out, resume=out)
     for k, v in trunk.items():
         assert torch.equal(resumed.module.image_encoder.trunk_state_dict()[k], v)
+
+
+def test_small_preset_uses_the_pretrained_trunk_and_warns_in_a_bare_loop() -> None:
+    cfg = LNFMMConfig.small(vocab_size=20, conv_encoder_channels=4, image_encoder_hidden=16, image_encoder_init_steps=3)
+    assert cfg.image_encoder_init == "shapes-attributes" and cfg.freeze_image_trunk
+    assert LNFMMConfig.small(image_encoder="features").image_encoder_init == "random"
+    model = LNFMM(cfg)
+    images, captions = torch.rand(2, 3, 64, 64), torch.tensor([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0]])
+    with pytest.warns(UserWarning, match="trunk was never initialized"):
+        model(images, captions)
+    from flowkit.training import initialize_image_encoder
+
+    fresh = LNFMM(cfg)
+    assert initialize_image_encoder(fresh)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh(images, captions)  # initialized: no warning
+    loaded = LNFMM(cfg)
+    loaded.load_state_dict(fresh.state_dict())
+    assert loaded.image_trunk_initialized

@@ -156,6 +156,7 @@ def _tiny_config(**kw):
         word_embedding_dim=8, text_encoder_hidden=8, text_encoder_layers=1, decoder_hidden=16,
         decoder_embedding_dim=8, generator_channels=4, discriminator_channels=4, feature_decoder_hidden=16,
         fs_layers=2, fs_hidden=16, fv_layers=2, fv_hidden=16, ft_layers=2, ft_hidden=16,
+        image_encoder_init_steps=10,
     )
     tiny.update(kw)
     return LNFMMConfig.small(**tiny)

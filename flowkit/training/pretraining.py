@@ -128,9 +128,12 @@ def initialize_image_encoder(model: nn.Module, progress: bool = False) -> bool:
     cfg = model.config
     if cfg.image_encoder_init == "random":
         return False
+    if cfg.image_encoder != "conv":
+        raise ValueError(f"image_encoder_init={cfg.image_encoder_init!r} needs the 'conv' image encoder, not {cfg.image_encoder!r}")
     trunk = pretrain_shapes_encoder(
         cfg.conv_encoder_channels, cfg.image_encoder_hidden, steps=cfg.image_encoder_init_steps, progress=progress
     )
     device = next(model.image_encoder.parameters()).device
     model.image_encoder.load_trunk_state_dict({k: v.to(device) for k, v in trunk.items()})
+    model.image_trunk_initialized = True
     return True

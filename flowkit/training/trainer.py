@@ -265,6 +265,9 @@ def adapt_config(config: Any, data: Any) -> Any:
     if data.image_kind == "features":
         changes["image_encoder"] = "features"
         changes["image_feature_dim"] = int(shape[-1])
+        # the conv trunk's pre-training (small()) has no place in a features encoder
+        changes["image_encoder_init"] = "random"
+        changes["freeze_image_trunk"] = False
         if "gan" in names and config.gan:
             raise ValueError("gan=True needs pixel images, but the data holds image features")
     elif data.image_kind == "pixels":

@@ -15,6 +15,8 @@ Loss (Eq. 10): ``l1 kl_t + l2 kl_v - l3 logdet_fs + align + l4 rec_t + l5 rec_v`
 from __future__ import annotations
 
 import math
+import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +104,9 @@ class LNFMM(nn.Module):
             # a pre-trained trunk keeps its features; the code head still adapts
             self.image_encoder.convs.requires_grad_(False)
             self.image_encoder.body.requires_grad_(False)
+        # image_encoder_init is applied by flowkit.training (initialize_image_encoder) or comes
+        # with loaded weights; training without it (a frozen random trunk) gets a warning
+        self.image_trunk_initialized = cfg.image_encoder_init == "random"
         self.text_encoder = TextEncoder(
             cfg.vocab_size, cfg.word_embedding_dim, cfg.text_encoder_hidden, cfg.text_encoder_layers, cfg.text_code_dim, lv
         )
@@ -315,6 +320,14 @@ class LNFMM(nn.Module):
         """
         cfg = self.config
         self._check_batch(images, captions, labeled)
+        if self.training and not self.image_trunk_initialized and not _is_compiling():
+            warnings.warn(
+                f"LNFMM: config.image_encoder_init={self.config.image_encoder_init!r} but the image encoder's "
+                f"trunk was never initialized; flowkit.training.train does it, in a loop of your own call "
+                f"flowkit.training.initialize_image_encoder(model) first",
+                stacklevel=2,
+            )
+            self.image_trunk_initialized = True  # warn once
         sample = self.training if sample_posterior is None else bool(sample_posterior)
         S = cfg.shared_dim
         ref = images if images is not None else captions
@@ -464,6 +477,12 @@ class LNFMM(nn.Module):
     # ------------------------------------------------------------------------------------------
     # optimisation
     # ------------------------------------------------------------------------------------------
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        r"""As :meth:`torch.nn.Module.load_state_dict`; loaded weights count as an initialized trunk."""
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.image_trunk_initialized = True
+        return result
+
     def optimizer_groups(self) -> list[dict]:
         r"""Param groups for ``torch.optim.Adam``: one per part, each with ``name``, ``params``,
         ``lr`` and ``clip_value`` (the gradient value clip of that part).
