@@ -58,6 +58,9 @@ VARIANTS = {
     "mse_image_loss": {"image_rec_loss": "mse"},
     "cross_reconstruction": {"image_encoder": "conv", "lambda_cross_t": 0.5, "lambda_cross_v": 2.0},
     "no_cross_reconstruction": {"lambda_cross_t": 0.0, "lambda_cross_v": 0.0},
+    "shared_norm": {"shared_norm": "batch"},
+    "no_text_latent": {"text_specific_dim": 0},
+    "gaussian_no_text_latent": {"prior": "gaussian", "text_specific_dim": 0},
 }
 
 
@@ -162,7 +165,70 @@ def test_loss_terms(name):
         assert model.f_v is None and out["kl_v"] == 0
     else:
         assert out["kl_v"] != 0
+    if cfg.text_specific_dim == 0:
+        assert model.f_t is None and out["kl_t"] == 0
     out["loss"].backward()
+
+
+def test_shared_norm_standardizes_both_shared_codes_and_keeps_the_specific_ones():
+    torch.manual_seed(0)
+    cfg = tiny(shared_norm="batch")
+    model = LNFMM(cfg)
+    images, captions = batch(cfg, b=16)
+    S = cfg.shared_dim
+    model.train()
+    img, txt = model.encode_images(images), model.encode_captions(captions)
+    raw = model.image_encoder(images)[0]
+    for code, unnormed in ((img["shared"], raw[:, :S]), (txt["shared"], model.text_encoder(captions)[0][:, :S])):
+        expected = (unnormed - unnormed.mean(0)) / (unnormed.var(0, unbiased=False) + 1e-5).sqrt()
+        torch.testing.assert_close(code, expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(code.mean(0), torch.zeros(S), atol=1e-5, rtol=0)
+    torch.testing.assert_close(img["specific"], raw[:, S:])
+    # eval mode uses the running statistics: one row is encoded the same alone or in a batch
+    model.eval()
+    one = model.encode_images(images[:1])["shared"]
+    torch.testing.assert_close(one, model.encode_images(images)["shared"][:1])
+    assert {"image_shared_norm.running_mean", "text_shared_norm.running_var"} <= set(model.state_dict())
+
+
+def test_shared_norm_keeps_the_code_scale_under_the_alignment_term():
+    # the alignment term alone shrinks unnormalized codes towards a constant; normalized ones cannot
+    def final_scale(norm: str) -> float:
+        torch.manual_seed(0)
+        cfg = tiny(shared_norm=norm, lambda_kl_t=0, lambda_kl_v=0, lambda_rec_t=0, lambda_rec_v=0, lambda_cross_t=0, lambda_logdet=0)
+        model = LNFMM(cfg)
+        images, captions = batch(cfg, b=16)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(60):
+            loss = model(images, captions)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return float(model.encode_captions(captions)["shared"].var(0).sum())
+
+    shared = tiny().shared_dim
+    assert final_scale("none") < 0.05 * shared
+    assert final_scale("batch") > 0.5 * shared
+
+
+def test_free_bits_clamp_the_kl_in_the_loss_only():
+    torch.manual_seed(0)
+    cfg = tiny(kl_free_nats=1e4)
+    model = LNFMM(cfg).eval()
+    images, captions = batch(cfg)
+    out = model(images, captions)
+    free = LNFMM(tiny()).eval()
+    free.load_state_dict(model.state_dict())
+    ref = free(images, captions)
+    for k in ("kl_t", "kl_v", "rec_t", "align"):
+        torch.testing.assert_close(out[k], ref[k])  # the logged terms are the true ones
+    shift = (cfg.lambda_kl_t * (1e4 - ref["kl_t"]) + cfg.lambda_kl_v * (1e4 - ref["kl_v"]))
+    torch.testing.assert_close(out["loss"], ref["loss"] + shift)
+    # below the threshold the KL gets no gradient
+    model.train()
+    out = model(images, captions)
+    out["loss"].backward()
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in model.f_t.parameters())
 
 
 def test_cross_reconstruction_decodes_from_the_other_domains_shared_code():

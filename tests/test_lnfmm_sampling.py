@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from flowkit.models import LNFMM, LNFMMConfig, ids_to_strings
 from flowkit.models.lnfmm.decoders import END, PAD, START, TextDecoder
-from flowkit.models.lnfmm.sampling import beam_search, greedy_decode
+from flowkit.models.lnfmm.sampling import beam_search, greedy_decode, sample_decode
 
 from test_lnfmm_model import batch, tiny
 
@@ -125,6 +125,40 @@ def test_greedy_and_beam_against_brute_force():
     for i in range(5):
         for t in range(int(last[i])):
             assert pred[i, t] == greedy[i, t + 1]
+
+
+def test_sample_decode_temperatures():
+    torch.manual_seed(0)
+    dec = TextDecoder(12, 4, 8, 16).eval()
+    latent = torch.randn(64, 4)
+    # temperature 0 is greedy decoding, token for token
+    assert torch.equal(sample_decode(dec, latent, 7, temperature=0.0), greedy_decode(dec, latent, 7))
+    # a seeded generator makes the draws repeatable; the format always holds
+    a = sample_decode(dec, latent, 7, 1.0, torch.Generator().manual_seed(3))
+    b = sample_decode(dec, latent, 7, 1.0, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    _check_format(a, 7)
+    # at temperature 1 the first word follows the decoder's own distribution
+    first = dec.step(torch.full((1,), START), latent[:1], None)[0][0].exp()
+    first[PAD] = 0
+    draws = sample_decode(dec, latent[:1].expand(4000, -1), 3, 1.0, torch.Generator().manual_seed(0))[:, 1]
+    freq = torch.bincount(draws, minlength=12).float() / 4000
+    assert (freq - first / first.sum()).abs().max() < 0.04
+    with pytest.raises(ValueError, match="temperature"):
+        sample_decode(dec, latent, 7, temperature=-1.0)
+
+
+def test_captioner_without_latent_samples_words():
+    # text_specific_dim=0: no f_t; greedy gives one caption per image, word sampling several
+    torch.manual_seed(0)
+    cfg = tiny(text_specific_dim=0)
+    model = LNFMM(cfg).eval()
+    images, _ = batch(cfg, b=3)
+    greedy = model.sample_captions(images, num_samples=6)
+    assert model.f_t is None and all(len({tuple(r) for r in g.tolist()}) == 1 for g in greedy)
+    sampled = model.sample_captions(images, num_samples=6, method="sample", word_temperature=1.5)
+    _check_format(sampled, cfg.max_caption_len)
+    assert any(len({tuple(r) for r in g.tolist()}) > 1 for g in sampled)
 
 
 def test_sampling_errors():

@@ -11,6 +11,6 @@ r"""LNFMM: latent normalizing flows for many-to-many cross-domain mappings (ICLR
 
 from flowkit.models.lnfmm.config import LNFMMConfig
 from flowkit.models.lnfmm.model import LNFMM, LNFMMInputError
-from flowkit.models.lnfmm.sampling import beam_search, greedy_decode, ids_to_strings
+from flowkit.models.lnfmm.sampling import beam_search, greedy_decode, ids_to_strings, sample_decode
 
-__all__ = ["LNFMM", "LNFMMConfig", "LNFMMInputError", "beam_search", "greedy_decode", "ids_to_strings"]
+__all__ = ["LNFMM", "LNFMMConfig", "LNFMMInputError", "beam_search", "greedy_decode", "ids_to_strings", "sample_decode"]

@@ -22,6 +22,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "clamp": ("atan", "tanh", "sigmoid"),
     "image_rec_loss": ("l1", "mse"),
     "image_encoder_init": ("random", "shapes-attributes"),
+    "shared_norm": ("none", "batch"),
 }
 
 
@@ -37,7 +38,8 @@ class LNFMMConfig:
         max_caption_len: Longest caption in tokens, start and end included (official: 40).
         shared_dim: Size of the shared code z_s (A.1: 992).
         image_specific_dim: Size of z'_v (A.1: 64). 0 gives LNFMM-TXT (no f_v).
-        text_specific_dim: Size of z'_t (A.1: 32).
+        text_specific_dim: Size of z'_t (A.1: 32). 0 gives a supervised captioner without a
+            latent (no f_t; diversity only from sampling words, ``method="sample"``).
         image_encoder: ``"features"`` (pre-extracted fc7 vectors), ``"conv"`` (a small CNN on
             pixels) or ``"vgg16"`` (torchvision VGG-16 on pixels, imported lazily).
         image_feature_dim: Size of the image features of the "features" encoder (A.1: 4096).
@@ -86,6 +88,13 @@ class LNFMMConfig:
         text_noise_std: Extra std on z'_t (official: +0.10).
         image_noise_std: Extra std on z'_v (official: +0.05).
         learned_variance: Learn the posteriors' log-variance instead of the fixed std.
+        kl_free_nats: Free bits: a KL term (``kl_t``, ``kl_v``) below this many nats is not
+            pushed lower (the batch-mean KL is clamped from below in the loss; the logged
+            term is the true KL). The CVAE baseline's remedy for posterior collapse.
+        shared_norm: ``"none"`` (paper), or ``"batch"``: each encoder's shared code is
+            standardized over the batch (batch norm without affine parameters; running
+            statistics in eval), so it cannot shrink below the fixed posterior noise and
+            lose its content (``docs/lnfmm.md``, "The scale of the shared space").
         cross_condition: Condition the priors of a paired row on the other domain's shared
             code mapped through f_s (official; matches inference). False: the row's own code.
         freeze_image_encoder: Keep the image encoder fixed (LNFMM (pre-trained) ablation).
@@ -160,7 +169,9 @@ class LNFMMConfig:
     text_noise_std: float = 0.10
     image_noise_std: float = 0.05
     learned_variance: bool = False
+    kl_free_nats: float = 0.0
     cross_condition: bool = True
+    shared_norm: str = "none"
     # ablations / extras
     freeze_image_encoder: bool = False
     image_encoder_init: str = "random"
@@ -183,7 +194,7 @@ class LNFMMConfig:
             if value not in choices:
                 errors.append(f"{name}={value!r} is not one of {choices}")
         positive = [
-            "vocab_size", "max_caption_len", "shared_dim", "text_specific_dim", "image_feature_dim",
+            "vocab_size", "max_caption_len", "shared_dim", "image_feature_dim",
             "image_size", "image_encoder_hidden", "conv_encoder_channels", "word_embedding_dim",
             "text_encoder_hidden", "text_encoder_layers", "decoder_hidden", "decoder_embedding_dim",
             "generator_channels", "discriminator_channels", "feature_decoder_hidden", "fs_layers",
@@ -193,26 +204,27 @@ class LNFMMConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 errors.append(f"{name} must be a positive int, got {value!r}")
-        if isinstance(self.image_specific_dim, bool) or not isinstance(self.image_specific_dim, int) or self.image_specific_dim < 0:
-            errors.append(f"image_specific_dim must be an int >= 0 (0 = LNFMM-TXT), got {self.image_specific_dim!r}")
+        for name, zero in (("image_specific_dim", "LNFMM-TXT"), ("text_specific_dim", "a captioner without a latent")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                errors.append(f"{name} must be an int >= 0 (0 = {zero}), got {value!r}")
         if isinstance(self.vocab_size, int) and not isinstance(self.vocab_size, bool) and self.vocab_size < 5:
             errors.append(f"vocab_size must be >= 5 (pad, start, end, unk and one word), got {self.vocab_size}")
         if isinstance(self.max_caption_len, int) and self.max_caption_len < 2:
             errors.append(f"max_caption_len must be >= 2 (start and end), got {self.max_caption_len}")
         # couplings split a vector in two halves: one dimension leaves nothing to condition on
-        for name in ("shared_dim", "text_specific_dim"):
-            value = getattr(self, name)
-            if isinstance(value, int) and value == 1:
-                errors.append(f"{name} must be >= 2 for the coupling layers, got 1")
-        if self.image_specific_dim == 1:
-            errors.append("image_specific_dim must be 0 or >= 2 for the coupling layers, got 1")
+        if self.shared_dim == 1:
+            errors.append("shared_dim must be >= 2 for the coupling layers, got 1")
+        for name in ("image_specific_dim", "text_specific_dim"):
+            if getattr(self, name) == 1:
+                errors.append(f"{name} must be 0 or >= 2 for the coupling layers, got 1")
         for name in ("word_dropout", "embedding_dropout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 errors.append(f"{name} must be in [0, 1), got {value!r}")
         nonneg = [
             "lambda_kl_t", "lambda_kl_v", "lambda_logdet", "lambda_rec_t", "lambda_rec_v", "lambda_align",
-            "lambda_cross_t", "lambda_cross_v", "lambda_adv", "noise_std", "text_noise_std", "image_noise_std",
+            "lambda_cross_t", "lambda_cross_v", "lambda_adv", "kl_free_nats", "noise_std", "text_noise_std", "image_noise_std",
         ]
         for name in nonneg:
             value = getattr(self, name)

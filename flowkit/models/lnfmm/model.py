@@ -27,7 +27,7 @@ from flowkit.models.lnfmm.config import LNFMMConfig
 from flowkit.models.lnfmm.decoders import Discriminator64, FeatureDecoder, Generator64, TextDecoder
 from flowkit.models.lnfmm.encoders import ConvEncoder, FeatureEncoder, TextEncoder, VGG16Encoder
 from flowkit.models.lnfmm.priors import ConditionalGaussian, build_fs, build_prior_flow
-from flowkit.models.lnfmm.sampling import beam_search, greedy_decode
+from flowkit.models.lnfmm.sampling import beam_search, greedy_decode, sample_decode
 
 __all__ = ["LNFMM", "LNFMMInputError"]
 
@@ -124,9 +124,12 @@ class LNFMM(nn.Module):
 
         # -- flows -----------------------------------------------------------------------------
         self.f_s = build_fs(S, cfg.fs_layers, cfg.fs_hidden, cfg.fs_coupling, cfg.clamp) if cfg.alignment == "flow" else None
+        self.f_t: nn.Module | None
         if cfg.prior == "flow":
-            self.f_t: nn.Module = build_prior_flow(
-                cfg.text_specific_dim, S, cfg.ft_layers, cfg.ft_hidden, cfg.ft_conv1x1, cfg.clamp, cfg.base_std
+            self.f_t = (
+                build_prior_flow(cfg.text_specific_dim, S, cfg.ft_layers, cfg.ft_hidden, cfg.ft_conv1x1, cfg.clamp, cfg.base_std)
+                if cfg.text_specific_dim > 0
+                else None
             )
             self.f_v: nn.Module | None = (
                 build_prior_flow(cfg.image_specific_dim, S, cfg.fv_layers, cfg.fv_hidden, False, cfg.clamp, cfg.base_std)
@@ -134,10 +137,16 @@ class LNFMM(nn.Module):
                 else None
             )
         else:
-            self.f_t = ConditionalGaussian(cfg.text_specific_dim, S, cfg.ft_hidden, cfg.base_std)
+            self.f_t = ConditionalGaussian(cfg.text_specific_dim, S, cfg.ft_hidden, cfg.base_std) if cfg.text_specific_dim > 0 else None
             self.f_v = (
                 ConditionalGaussian(cfg.image_specific_dim, S, cfg.fv_hidden, cfg.base_std) if cfg.image_specific_dim > 0 else None
             )
+
+        # -- shared-code normalization: the codes cannot shrink below the fixed noise ---------------
+        # (batch statistics in training, running ones in eval; no affine part, so no scale to lose)
+        norm = cfg.shared_norm == "batch"
+        self.image_shared_norm = nn.BatchNorm1d(S, affine=False, momentum=0.01) if norm else None
+        self.text_shared_norm = nn.BatchNorm1d(S, affine=False, momentum=0.01) if norm else None
 
         # -- fixed posterior std (official: 0.05 on every dim; +0.10 on z'_t, +0.05 on z'_v) -----
         # independent noises add in variance, hence the square root
@@ -234,6 +243,20 @@ class LNFMM(nn.Module):
         eps = torch.randn_like(mu) if sample else torch.zeros_like(mu)
         return mu + std * eps, eps, std
 
+    def _normalized(self, mu: Tensor, norm: nn.Module | None) -> Tensor:
+        if norm is None:
+            return mu
+        S = self.config.shared_dim
+        return torch.cat([norm(mu[:, :S]), mu[:, S:]], dim=1)
+
+    def _image_posterior(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        mu, logvar = self.image_encoder(images)
+        return self._normalized(mu, self.image_shared_norm), logvar
+
+    def _text_posterior(self, captions: Tensor) -> tuple[Tensor, Tensor | None]:
+        mu, logvar = self.text_encoder(captions)
+        return self._normalized(mu, self.text_shared_norm), logvar
+
     def _fs(self, z: Tensor) -> tuple[Tensor, Tensor]:
         if self.f_s is None:  # LNFMM-MSE: the shared codes are compared directly
             return z, z.new_zeros(z.shape[0])
@@ -254,7 +277,7 @@ class LNFMM(nn.Module):
             images: (B, 3, H, W) in [0, 1], or (B, F) features.
         """
         self._check_images(images)
-        mu, logvar = self.image_encoder(images)
+        mu, logvar = self._image_posterior(images)
         S = self.config.shared_dim
         out = {"code": mu, "shared": mu[:, :S], "specific": mu[:, S:], "shared_text": self._fs(mu[:, :S])[0]}
         if logvar is not None:
@@ -271,7 +294,7 @@ class LNFMM(nn.Module):
             captions: (B, L) token ids ``[start, words..., end, pad...]``.
         """
         self._check_captions(captions)
-        mu, logvar = self.text_encoder(captions)
+        mu, logvar = self._text_posterior(captions)
         S = self.config.shared_dim
         out = {"code": mu, "shared": mu[:, :S], "specific": mu[:, S:], "shared_image": self._fs_inverse(mu[:, :S])}
         if logvar is not None:
@@ -340,11 +363,11 @@ class LNFMM(nn.Module):
         lab = None if labeled is None else labeled.unsqueeze(1)
 
         if images is not None:
-            mu_v, logvar_v = self.image_encoder(images)
+            mu_v, logvar_v = self._image_posterior(images)
             z_v, eps_v, std_v = self._posterior(mu_v, logvar_v, self.image_std, sample)
             zs_v, zp_v = z_v[:, :S], z_v[:, S:]
         if captions is not None:
-            mu_t, logvar_t = self.text_encoder(captions)
+            mu_t, logvar_t = self._text_posterior(captions)
             z_t, eps_t, std_t = self._posterior(mu_t, logvar_t, self.text_std, sample)
             zs_t, zp_t = z_t[:, :S], z_t[:, S:]
 
@@ -360,9 +383,10 @@ class LNFMM(nn.Module):
             ctx_t = zs_t
             if paired and cfg.cross_condition:
                 ctx_t = fs_v if lab is None else torch.where(lab, fs_v, zs_t)
-            log_p = self.f_t.log_prob(zp_t, context=ctx_t)
-            log_q = _gaussian_log_q(eps_t[:, S:], std_t[:, S:])
-            terms["kl_t"] = (log_q - log_p).mean()
+            if self.f_t is not None:
+                log_p = self.f_t.log_prob(zp_t, context=ctx_t)
+                log_q = _gaussian_log_q(eps_t[:, S:], std_t[:, S:])
+                terms["kl_t"] = (log_q - log_p).mean()
             # with lambda_rec_t = 0 (small preset) the term is only a diagnostic: no graph for it
             with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.lambda_rec_t > 0):
                 terms["rec_t"] = self._caption_nll(captions, z_t).mean()
@@ -391,20 +415,22 @@ class LNFMM(nn.Module):
                 # eval mode: the prior's mode (temperature 0), so eval losses are deterministic
                 terms["adv"] = self._generator_adversarial(ctx_v, 1.0 if sample else 0.0)
 
+        # free bits (Kingma et al., 2016): a KL below kl_free_nats is not pushed lower, so the
+        # latent keeps that much information (the standard remedy for posterior collapse)
+        free = cfg.kl_free_nats
+        kl_t = terms["kl_t"].clamp(min=free) if free > 0 else terms["kl_t"]
+        kl_v = terms["kl_v"].clamp(min=free) if free > 0 else terms["kl_v"]
         loss = (
-            cfg.lambda_kl_t * terms["kl_t"]
-            + cfg.lambda_kl_v * terms["kl_v"]
+            cfg.lambda_kl_t * kl_t
+            + cfg.lambda_kl_v * kl_v
             - cfg.lambda_logdet * terms["logdet_fs"]
             + cfg.lambda_align * terms["align"]
             + cfg.lambda_rec_t * terms["rec_t"]
             + cfg.lambda_rec_v * terms["rec_v"]
         )
-        if "cross_t" in terms:
-            loss = loss + cfg.lambda_cross_t * terms["cross_t"]
-        if "cross_v" in terms:
-            loss = loss + cfg.lambda_cross_v * terms["cross_v"]
-        if "adv" in terms:
-            loss = loss + cfg.lambda_adv * terms["adv"]
+        for name in ("cross_t", "cross_v", "adv"):
+            if name in terms:
+                loss = loss + getattr(cfg, f"lambda_{name}") * terms[name]
         return {"loss": loss, **terms}
 
     def _caption_nll(self, captions: Tensor, code: Tensor) -> Tensor:
@@ -528,35 +554,44 @@ class LNFMM(nn.Module):
         method: str = "greedy",
         beam_width: int = 2,
         max_len: int | None = None,
+        word_temperature: float = 1.0,
     ) -> Tensor:
         r"""Diverse captions for images: :math:`z_s = f_s(\mu(z_s^v))`, :math:`z'_t \sim p(z'_t | z_s)`.
 
-        All B * S latents are drawn in one flow call and decoded in one batch.
+        All B * S latents are drawn in one flow call and decoded in one batch. Without a text
+        latent (``text_specific_dim=0``, the supervised captioner) every sample decodes the
+        same code, so diversity needs ``method="sample"``.
 
         Arguments:
             images: (B, 3, H, W) in [0, 1] or (B, F) features.
             num_samples: Captions per image S (the paper: 100).
             temperature: Scales the prior's base samples; 0 gives one deterministic caption.
-            method: ``"greedy"`` or ``"beam"`` (official width: 2).
+            method: ``"greedy"``, ``"beam"`` (official width: 2) or ``"sample"`` (each word
+                drawn at ``word_temperature``, :func:`~flowkit.models.lnfmm.sampling.sample_decode`).
             beam_width: The beam width.
             max_len: The output length (default: ``max_caption_len``).
+            word_temperature: The word temperature of ``method="sample"``.
 
         Returns:
             Token ids (B, S, max_len) ``[start, words..., end, pad...]``.
         """
-        if method not in ("greedy", "beam"):
-            raise ValueError(f"method must be 'greedy' or 'beam', got {method!r}")
+        if method not in ("greedy", "beam", "sample"):
+            raise ValueError(f"method must be 'greedy', 'beam' or 'sample', got {method!r}")
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
         max_len = self.config.max_caption_len if max_len is None else int(max_len)
         shared = self.encode_images(images)["shared_text"]
-        specific = self.f_t.sample(num_samples, context=shared, temperature=temperature)
-        latent = torch.cat([repeat(shared, "b d -> b s d", s=num_samples), specific], dim=-1)
+        latent = repeat(shared, "b d -> b s d", s=num_samples)
+        if self.f_t is not None:
+            specific = self.f_t.sample(num_samples, context=shared, temperature=temperature)
+            latent = torch.cat([latent, specific], dim=-1)
         latent = rearrange(latent, "b s d -> (b s) d")
         if method == "greedy":
             ids = greedy_decode(self.text_decoder, latent, max_len)
-        else:
+        elif method == "beam":
             ids = beam_search(self.text_decoder, latent, max_len, beam_width)
+        else:
+            ids = sample_decode(self.text_decoder, latent, max_len, temperature=word_temperature)
         return rearrange(ids, "(b s) l -> b s l", s=num_samples)
 
     @torch.no_grad()

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from flowkit.models.lnfmm.decoders import END, PAD, START, TextDecoder
 
-__all__ = ["greedy_decode", "beam_search", "ids_to_strings"]
+__all__ = ["greedy_decode", "sample_decode", "beam_search", "ids_to_strings"]
 
 
 class _Decodes(Protocol):
@@ -24,7 +24,7 @@ class _Decodes(Protocol):
 
 @torch.no_grad()
 def greedy_decode(decoder: TextDecoder, latent: Tensor, max_len: int) -> Tensor:
-    r"""Greedy decoding of N latents.
+    r"""Greedy decoding of N latents (:func:`sample_decode` at temperature 0).
 
     Arguments:
         decoder: The text decoder.
@@ -39,8 +39,37 @@ def greedy_decode(decoder: TextDecoder, latent: Tensor, max_len: int) -> Tensor:
         >>> greedy_decode(dec, torch.randn(3, 4), 6).shape
         torch.Size([3, 6])
     """
+    return sample_decode(decoder, latent, max_len, temperature=0.0)
+
+
+@torch.no_grad()
+def sample_decode(
+    decoder: TextDecoder, latent: Tensor, max_len: int, temperature: float = 1.0, generator: torch.Generator | None = None
+) -> Tensor:
+    r"""Ancestral sampling of N captions, each word drawn from :math:`p(w_t | w_{<t}, z)^{1/T}`.
+
+    Temperature 0 takes the most likely word (greedy decoding); 1 samples the decoder's own
+    distribution. This is how a captioner *without* a latent gets diverse captions.
+
+    Arguments:
+        decoder: The text decoder.
+        latent: The latents, shape (N, Z).
+        max_len: The output length, start and end tokens included (>= 2).
+        temperature: The word temperature T >= 0.
+        generator: An optional RNG for the word draws.
+
+    Returns:
+        Token ids (N, max_len).
+
+    Example:
+        >>> dec = TextDecoder(10, 4, 8, 16)
+        >>> sample_decode(dec, torch.randn(3, 4), 6, temperature=0.5).shape
+        torch.Size([3, 6])
+    """
     if max_len < 2:
         raise ValueError(f"max_len must be >= 2 (start and end), got {max_len}")
+    if not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
     n = latent.shape[0]
     out = torch.full((n, max_len), PAD, dtype=torch.long, device=latent.device)
     out[:, 0] = START
@@ -52,8 +81,11 @@ def greedy_decode(decoder: TextDecoder, latent: Tensor, max_len: int) -> Tensor:
         logp[:, PAD] = -torch.inf  # pad is never a word; it only fills after end
         if t == max_len - 1:
             nxt = torch.full_like(tokens, END)  # truncate: every caption ends within max_len
-        else:
+        elif temperature == 0:
             nxt = logp.argmax(dim=-1)
+        else:
+            probs = torch.softmax(logp / temperature, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         out[:, t] = torch.where(done, torch.full_like(nxt, PAD), nxt)
         done |= nxt == END
         tokens = nxt
