@@ -38,7 +38,16 @@ def test_coco_caption_tiny(tmp_path):
     cap = res["captioning"]
     assert cap["num_images"] == 4 and cap["num_samples"] == 10
     assert 0 <= cap["ground_truth"]["accuracy"] <= 1 and 0 <= cap["oracle"]["CIDEr"]
+    assert 0 <= cap["ground_truth"]["coverage"] <= 1
     assert (out / "run" / "checkpoint.pt").is_file() and (out / "report" / "captions.png").is_file()
+    # the paper's route: features extracted once by the pre-trained trunk, read back by id
+    assert len(list((root / "features").glob("shapes_trunk-*.npz"))) == 1
+    assert "captioning recipe" in (out / "report" / "report.md").read_text()
+    # the learning curve, the probes and the frontier
+    assert (out / "run" / "validation.csv").read_text().startswith("step,accuracy,coverage,accuracy_t0,recon_own")
+    assert set(res["probes"]) == {"code", "code_text_space", "features"}
+    assert [p["label"] for p in res["frontier"]] == ["T=0", "T=0.25", "T=0.5", "T=0.75", "T=1"]
+    assert (out / "report" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     # the run records its data: the CLI reloads it from the checkpoint alone
     env = {**os.environ, "FLOWKIT_CACHE": str(tmp_path)}
     cli = [sys.executable, "-m", "flowkit", "caption", "--checkpoint", str(out / "run"), "--limit", "1", "--num-samples", "2", "--no-progress"]

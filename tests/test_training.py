@@ -356,3 +356,49 @@ def test_adapt_config_follows_the_data():
     pixels = SimpleNamespace(vocab=vocab, train=[], image_shape=(3, 64, 64), image_kind="pixels", max_len=12)
     cfg = adapt_config(_tiny_config(image_encoder="features"), pixels)
     assert (cfg.image_encoder, cfg.image_size, cfg.max_caption_len) == ("conv", 64, 12)
+
+
+# -- validation during training ----------------------------------------------------------------
+
+
+def test_validation_runs_every_n_steps_and_changes_nothing(tmp_path):
+    seen = []
+
+    def validate(model):
+        assert not model.training and not torch.is_grad_enabled()
+        seen.append(model.calls)
+        # draws from every RNG: the engine must restore them all
+        return {"score": float(torch.rand(()) + np.random.rand() + random.random()), "calls": model.calls}
+
+    plain = _toy_trainer(tmp_path / "a", steps=6)
+    plain.fit()
+    seed_everything(3)
+    checked = Trainer(Toy(), Pairs(), _settings(steps=6, validate_every=4), out=tmp_path / "b", config={"toy": 1}, validate=validate)
+    checked.fit()
+    assert checked.module.training
+    _assert_same_state(plain.module.state_dict(), checked.module.state_dict())
+    rows = read_csv_log(tmp_path / "b" / "validation.csv")
+    assert [r["step"] for r in rows] == [4, 6]  # every 4 steps and the last one
+    assert [r["calls"] for r in rows] == [4, 6] and seen == [4, 6]
+    assert not (tmp_path / "a" / "validation.csv").exists()
+    with pytest.raises(ValueError, match="validate_every"):
+        _settings(validate_every=-1)
+
+
+def test_caption_validator_reports_the_learning_curve_keys(tiny_data):
+    from flowkit.evaluation.diagnostics import caption_validator
+    from flowkit.models import LNFMM
+
+    cfg = _tiny_config(image_encoder_init="random", freeze_image_trunk=False, vocab_size=len(tiny_data.vocab), max_caption_len=12)
+    torch.manual_seed(0)
+    model = LNFMM(cfg).eval()
+    metrics = caption_validator(tiny_data, num_images=1, num_samples=3, num_pairs=4)(model)
+    assert set(metrics) == {
+        "accuracy", "coverage", "accuracy_t0", "recon_own", "recon_cross",
+        "scale_text", "scale_image", "noise", "scale_to_noise", "align",
+    }
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("accuracy", "coverage", "accuracy_t0", "recon_own", "recon_cross"))
+    assert metrics["noise"] == pytest.approx(cfg.shared_dim * cfg.noise_std**2)
+    assert metrics["scale_to_noise"] == pytest.approx(metrics["scale_text"] / metrics["noise"])
+    with pytest.raises(ValueError, match="scenes"):
+        caption_validator(type("D", (), {"scenes": None})())

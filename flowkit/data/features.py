@@ -49,7 +49,7 @@ __all__ = ["SHAPES_TRUNK_SEED", "shapes_trunk", "shapes_trunk_features", "extrac
 SHAPES_TRUNK_SEED = 7
 
 
-def shapes_trunk(seed: int = SHAPES_TRUNK_SEED, progress: bool = False) -> AttributeClassifier:
+def shapes_trunk(seed: int = SHAPES_TRUNK_SEED, train_size: int = 3000, progress: bool = False) -> AttributeClassifier:
     r"""The pre-trained shapes trunk: a per-cell attribute CNN trained on images of ``seed``.
 
     Trained once (about 20 s on one core) and cached under ``$FLOWKIT_CACHE``. It is a
@@ -58,11 +58,12 @@ def shapes_trunk(seed: int = SHAPES_TRUNK_SEED, progress: bool = False) -> Attri
 
     Arguments:
         seed: The data and initialization seed of its training images.
+        train_size: Its training images (4 epochs; smoke tests use a few hundred).
         progress: Show a progress bar while training.
     """
     if seed == ClassifierConfig().seed:
         raise ValueError(f"seed {seed} is the judges' classifier seed; pick another (default {SHAPES_TRUNK_SEED})")
-    return get_attribute_classifier(ClassifierConfig(seed=seed), progress=progress)
+    return get_attribute_classifier(ClassifierConfig(seed=seed, train_size=train_size), progress=progress)
 
 
 class _TrunkFeatures:
@@ -80,7 +81,7 @@ class _TrunkFeatures:
         return self.body(crops.flatten(0, 1)).reshape(len(images), -1)
 
 
-def shapes_trunk_features(seed: int = SHAPES_TRUNK_SEED, progress: bool = False) -> Callable[[Tensor], Tensor]:
+def shapes_trunk_features(seed: int = SHAPES_TRUNK_SEED, train_size: int = 3000, progress: bool = False) -> Callable[[Tensor], Tensor]:
     r"""A feature extractor for shapes images: :func:`shapes_trunk`'s penultimate layer.
 
     Returns a function from ``(B, 3, 64, 64)`` images in [0, 1] to ``(B, 576)`` features
@@ -91,7 +92,7 @@ def shapes_trunk_features(seed: int = SHAPES_TRUNK_SEED, progress: bool = False)
         >>> extract(torch.rand(2, 3, 64, 64)).shape  # doctest: +SKIP
         torch.Size([2, 576])
     """
-    return _TrunkFeatures(shapes_trunk(seed, progress=progress))
+    return _TrunkFeatures(shapes_trunk(seed, train_size, progress=progress))
 
 
 def _image_paths(root: Path, split_scheme: str) -> tuple[list[int], list[Path]]:

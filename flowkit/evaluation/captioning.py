@@ -71,6 +71,8 @@ def generate_captions(
     limit: int | None = None,
     image_ids: Sequence[int] | None = None,
     seed: int | None = 0,
+    word_temperature: float = 1.0,
+    beam_width: int = 2,
 ) -> dict[int, list[str]]:
     r"""Samples ``num_samples`` captions for every image of a dataset.
 
@@ -83,13 +85,15 @@ def generate_captions(
         vocab: The vocabulary (anything with ``decode(ids) -> str``).
         num_samples: Captions per image (the paper: 100).
         temperature: Scales the prior's base samples.
-        method: ``"greedy"`` or ``"beam"``.
+        method: ``"greedy"``, ``"beam"`` or ``"sample"`` (words drawn at ``word_temperature``).
         batch_size: Images per model call (each gives ``num_samples`` decodes).
         progress: Show a progress bar.
         limit: Only the first ``limit`` images.
         image_ids: Only these image ids (in this order).
         seed: Seeds the sampling (in a forked RNG, so the caller's stream is untouched); None
             uses the global RNG.
+        word_temperature: The word temperature of ``method="sample"``.
+        beam_width: The beam width of ``method="beam"``.
 
     Returns:
         ``{image_id: [caption, ...]}`` with ``num_samples`` captions each.
@@ -116,7 +120,9 @@ def generate_captions(
         for b0 in range(0, len(index), batch_size):
             items = [dataset[k] for k in index[b0 : b0 + batch_size]]
             images = torch.stack([it["image"] for it in items]).to(device)
-            ids = model.sample_captions(images, num_samples, temperature=temperature, method=method)
+            ids = model.sample_captions(
+                images, num_samples, temperature=temperature, method=method, word_temperature=word_temperature, beam_width=beam_width
+            )
             for it, caps in zip(items, ids_to_strings(ids.cpu(), vocab)):
                 out[int(it["image_id"])] = list(caps)
             bar.update(len(items))

@@ -140,6 +140,27 @@ def format_text_to_image_table(t2i: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _extra_sections(results: Mapping[str, Any], out: Path) -> list[str]:
+    r"""Markdown of the optional ``probes`` ({code: {attribute: {accuracy, chance}}}) and
+    ``frontier`` ([{label, accuracy, coverage, distinct}]) parts, with ``frontier.png`` if present."""
+    md: list[str] = []
+    probes = results.get("probes")
+    if probes:
+        attrs = list(next(iter(probes.values())))
+        md += ["## Linear probes (test accuracy; best constant guess in brackets)", "", "| code | " + " | ".join(attrs) + " |", "|---" * (len(attrs) + 1) + "|"]
+        for name, table in probes.items():
+            md.append(f"| {name} | " + " | ".join(f"{table[a]['accuracy']:.2f} ({table[a]['chance']:.2f})" if a in table else "-" for a in attrs) + " |")
+        md.append("")
+    frontier = results.get("frontier")
+    if frontier:
+        md += ["## Accuracy against coverage over sampling temperatures", "", "| setting | accuracy | coverage | distinct per image |", "|---|---|---|---|"]
+        md += [f"| {p['label']} | {p['accuracy']:.3f} | {p['coverage']:.4f} | {p['distinct']:.1f} |" for p in frontier]
+        md.append("")
+        if (out / "frontier.png").is_file():
+            md += ["![accuracy against coverage](frontier.png)", ""]
+    return md
+
+
 def write_report(
     results: Mapping[str, Any],
     out_dir: str | os.PathLike[str],
@@ -185,6 +206,7 @@ def write_report(
             md += [cap["spice_note"], ""]
     if t2i:
         md += ["## Text-to-image (Table 6)", "", format_text_to_image_table(t2i), ""]
+    md += _extra_sections(results, out)
     md += [
         "## For scale: the paper's COCO numbers (not comparable: other data and model size)",
         "",
@@ -219,6 +241,7 @@ def write_report(
         atomic_write_text(paths["captions"], json.dumps(to_jsonable(samples), indent=1) + "\n")
     if t2i:
         payload["text_to_image"] = t2i
+    payload.update({k: results[k] for k in ("probes", "frontier") if k in results})
     paths["json"] = out / "results.json"
     atomic_write_text(paths["json"], json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n")
     paths["markdown"] = out / "report.md"

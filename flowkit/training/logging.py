@@ -116,9 +116,13 @@ class TensorBoardLogger:
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def log(self, step: int, terms: Mapping[str, float], lr: float, time: float) -> None:
-        for k, v in terms.items():
-            self.writer.add_scalar(f"loss/{k}", float(v), step)
+        self.log_scalars(step, terms, "loss")
         self.writer.add_scalar("lr", float(lr), step)
+
+    def log_scalars(self, step: int, values: Mapping[str, float], prefix: str) -> None:
+        r"""Writes ``prefix/name`` scalars (``loss/...`` for training terms, ``val/...`` for validation)."""
+        for k, v in values.items():
+            self.writer.add_scalar(f"{prefix}/{k}", float(v), step)
 
     def close(self) -> None:
         self.writer.flush()
@@ -140,6 +144,8 @@ class RunLogger:
     def __init__(self, out: str | os.PathLike, mode: str = "csv", resume_step: int | None = None) -> None:
         if mode not in ("csv", "tensorboard", "both"):
             raise ValueError(f"log must be 'csv', 'tensorboard' or 'both', got {mode!r}")
+        self.out, self.resume_step = Path(out), resume_step
+        self.validation: CSVLogger | None = None  # validation.csv, opened at the first validation
         self.loggers: list[Any] = [CSVLogger(Path(out) / "log.csv", resume_step)]
         if mode in ("tensorboard", "both"):
             try:
@@ -151,8 +157,16 @@ class RunLogger:
         for logger in self.loggers:
             logger.log(step, terms, lr, time)
 
+    def log_validation(self, step: int, metrics: Mapping[str, float], lr: float, time: float) -> None:
+        r"""Writes validation metrics: a row of ``validation.csv`` and ``val/...`` TensorBoard scalars."""
+        if self.validation is None:
+            self.validation = CSVLogger(self.out / "validation.csv", self.resume_step)
+        self.validation.log(step, metrics, lr, time)
+        for logger in self.loggers[1:]:
+            logger.log_scalars(step, metrics, "val")
+
     def close(self) -> None:
-        for logger in self.loggers:
+        for logger in self.loggers + ([self.validation] if self.validation is not None else []):
             logger.close()
 
 

@@ -19,7 +19,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +110,8 @@ class TrainSettings:
         num_workers: DataLoader worker processes.
         find_unused_parameters: Passed to DistributedDataParallel: set it for a model that
             leaves some trainable parameters without a gradient in a step (LNFMM does not).
+        validate_every: Run the trainer's ``validate`` function every that many steps (and
+            at the last step) and write its metrics to ``validation.csv`` (0: never).
 
     Example:
         >>> TrainSettings(steps=100, batch_size=16, seed=1).to_dict()["steps"]
@@ -128,10 +130,11 @@ class TrainSettings:
     progress: bool = True
     num_workers: int = 0
     find_unused_parameters: bool = False
+    validate_every: int = 0
 
     def __post_init__(self) -> None:
         errors = []
-        for name in ("steps", "checkpoint_every", "num_workers"):
+        for name in ("steps", "checkpoint_every", "num_workers", "validate_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 errors.append(f"{name} must be an int >= 0, got {v!r}")
@@ -346,6 +349,10 @@ class Trainer:
         config: The model config (a dataclass with ``to_dict()`` or a dict), saved in checkpoints.
         vocab: The vocabulary dict (``Vocabulary.to_dict()``), saved beside the weights.
         meta: Free JSON-able facts about the run (e.g. the data options), saved as ``meta``.
+        validate: ``validate(model) -> {name: number}``, run on rank 0 every
+            ``settings.validate_every`` steps in eval mode, without gradients and on a forked
+            RNG (so it changes nothing of the training: resume stays exact); a learning
+            curve a user can watch in ``validation.csv`` / TensorBoard.
 
     Example:
         >>> seed_everything(0); model = LNFMM(config)
@@ -363,8 +370,10 @@ class Trainer:
         config: Any = None,
         vocab: Mapping[str, Any] | None = None,
         meta: Mapping[str, Any] | None = None,
+        validate: Callable[[nn.Module], Mapping[str, float]] | None = None,
     ) -> None:
         self.settings = settings
+        self.validate = validate
         self.meta = dict(meta or {})
         self.ctx: DistributedContext = init_distributed(settings.device)
         self.device = self.ctx.device
@@ -717,6 +726,10 @@ class Trainer:
                 bar.set_postfix(format_terms(terms), refresh=False)
                 if logger is not None and (self.step % self.settings.log_every == 0 or self.step == total):
                     logger.log(self.step, terms, lr=self.base_lr(), time=self.elapsed)
+                if logger is not None and self._validation_due(total):
+                    metrics = self.run_validation()
+                    logger.log_validation(self.step, metrics, lr=self.base_lr(), time=self.elapsed)
+                    bar.write(f"[val] step {self.step}: " + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()))
                 every = self.settings.checkpoint_every
                 if every and self.step % every == 0 and self.step < total:
                     self.save()
@@ -735,6 +748,25 @@ class Trainer:
                 barrier(self.ctx)
         return dict(self.last_terms)
 
+    def _validation_due(self, total: int) -> bool:
+        every = self.settings.validate_every
+        return self.validate is not None and every > 0 and (self.step % every == 0 or self.step == total)
+
+    def run_validation(self) -> dict[str, float]:
+        r"""Runs ``validate`` in eval mode, without gradients; every RNG (torch, numpy, Python)
+        is restored afterwards, so validating never changes the training. Returns its metrics."""
+        if self.validate is None:
+            raise ValueError("this trainer has no validate function")
+        rng = get_rng_state()
+        self.module.eval()
+        try:
+            with torch.no_grad():
+                metrics = {k: float(v) for k, v in self.validate(self.module).items()}
+        finally:
+            self.module.train()
+            set_rng_state(rng)
+        return metrics
+
     def close(self) -> None:
         r"""Waits for every rank and leaves the process group (if the trainer joined it)."""
 
@@ -749,6 +781,7 @@ def train(
     out: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     meta: Mapping[str, Any] | None = None,
+    validate: Callable[[nn.Module], Mapping[str, float]] | None = None,
 ) -> Trainer:
     r"""Builds an LNFMM for the data and trains it.
 
@@ -762,6 +795,8 @@ def train(
         out: The run folder.
         resume: A run folder or checkpoint to continue from exactly.
         meta: Free JSON-able facts saved with the checkpoint (the CLI stores the data options).
+        validate: A validation function for :class:`Trainer` (e.g.
+            :func:`flowkit.evaluation.caption_validator`), run every ``settings.validate_every`` steps.
 
     Returns:
         The trainer (``trainer.module`` is the trained model), after :meth:`Trainer.close`.
@@ -781,7 +816,7 @@ def train(
 
         initialize_image_encoder(model, progress=settings.progress)
     vocab = data.vocab.to_dict() if hasattr(data.vocab, "to_dict") else None
-    trainer = Trainer(model, data.train, settings, out=out, config=config, vocab=vocab, meta=meta)
+    trainer = Trainer(model, data.train, settings, out=out, config=config, vocab=vocab, meta=meta, validate=validate)
     try:
         if resume is not None:
             trainer.load(resume)
