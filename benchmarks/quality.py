@@ -16,8 +16,16 @@ best 5 (Table 3), the exact ground-truth caption accuracy and coverage, and text
 classifier accuracy, free-attribute spread, Inception score (attribute classifier) and IvOM.
 Reported as mean ± std over seeds in Markdown (``OUT/quality.md``) and JSON (``OUT/quality.json``).
 
+``--task frontier`` (the paper's claim made exact): LNFMM's captioning recipe, the supervised
+captioner without a latent and the CVAE (Gaussian prior, free bits), each trained on the same
+shapes-trunk features with the same budget and seeds, sampled at the temperatures
+{0, 0.25, 0.5, 0.75, 1} (the captioner: word temperatures and beams 2, 5); ground-truth
+accuracy against coverage on test images, drawn in one PNG with the spread over seeds, and the
+coverage ratio at equal accuracy.
+
 Usage::
 
+    python benchmarks/quality.py --task frontier --seeds 0 1      # the frontier (docs/img/frontier_captioning.png)
     python benchmarks/quality.py                                  # full: 2 seeds x 1500 steps (about an hour on 2 cores)
     python benchmarks/quality.py --steps 200 --seeds 0 --train-images 500 --test-images 20   # reduced
 """
@@ -39,9 +47,13 @@ import numpy as np
 import torch
 
 from flowkit.data import load_caption_data
-from flowkit.data.judges import get_attribute_classifier
-from flowkit.evaluation import evaluate_captioning, evaluate_text_to_image, probe_image_codes, to_jsonable
+from flowkit.data.features import extract_features, shapes_trunk_features
+from flowkit.data.judges import cache_dir, get_attribute_classifier
+from flowkit.data.shapes import export_coco
+from flowkit.evaluation import evaluate_captioning, evaluate_text_to_image, probe_image_codes, scenes_from_export, to_jsonable
+from flowkit.evaluation.frontier import FrontierPoint, caption_frontier, captioner_settings, lnfmm_settings, plot_frontier
 from flowkit.models import LNFMMConfig
+from flowkit.models.lnfmm.recipes import RECIPES
 from flowkit.training import TrainSettings, train
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -89,8 +101,11 @@ IMAGE_COLUMNS = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="LNFMM vs CVAE, LNFMM-MSE and LNFMM-TXT on the embedded shapes data.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["lnfmm", "cvae", "mse", "txt"], help="models to compare")
-    p.add_argument("--steps", type=int, default=1500, help="training steps per model")
+    p.add_argument("--task", choices=["frontier", "ablations"], default="ablations", help="the accuracy-coverage frontier of LNFMM and its baselines, or the pixel ablation table")
+    p.add_argument("--models", nargs="+", choices=list(FRONTIER_MODELS), default=list(FRONTIER_MODELS), help="frontier: models to compare")
+    p.add_argument("--figure", default="docs/img/frontier_captioning.png", help="frontier: the PNG")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["lnfmm", "cvae", "mse", "txt"], help="ablations: models to compare")
+    p.add_argument("--steps", type=int, default=None, help="training steps per model (default: 1500 for ablations, the recipe's for the frontier)")
     p.add_argument("--batch-size", type=int, default=32, help="pairs per step")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (each variant is trained once per seed)")
     p.add_argument("--train-images", type=int, default=2000, help="training images (5 captions each)")
@@ -133,9 +148,93 @@ def table(runs: dict[str, list[dict[str, Any]]], columns: list[tuple[str, tuple[
     return "\n".join(lines)
 
 
+FRONTIER_MODELS = {"lnfmm": "LNFMM (captioning recipe)", "captioner": "supervised captioner (no latent)", "cvae": "CVAE (Gaussian prior, free bits)"}
+
+
+def frontier_data(args: argparse.Namespace, progress: bool) -> tuple[Any, dict[int, Any]]:
+    r"""The main job's data route: the shapes export, shapes-trunk features, the COCO loader."""
+    root = cache_dir() / f"shapes_coco_{args.train_images}_200_200_seed{args.data_seed}"
+    export_coco(root, sizes={"train": args.train_images, "val": 200, "test": 200}, seed=args.data_seed, progress=progress)
+    features = extract_features(root, shapes_trunk_features(progress=progress), name="shapes_trunk", progress=progress)
+    data = load_caption_data("coco", root=root, features=features, split_scheme="coco", progress=progress)
+    scenes = scenes_from_export(root)
+    assert scenes is not None
+    return data, scenes
+
+
+def coverage_at(points: list[FrontierPoint], accuracy: float) -> float:
+    r"""A curve's coverage at a given accuracy (linear between its points; NaN outside them)."""
+    pts = sorted((p.accuracy, p.coverage) for p in points)
+    for (a0, c0), (a1, c1) in zip(pts, pts[1:]):
+        if a0 <= accuracy <= a1:
+            return c0 if a1 == a0 else c0 + (c1 - c0) * (accuracy - a0) / (a1 - a0)
+    return float("nan")
+
+
+def frontier_table(curves: dict[str, list[list[FrontierPoint]]]) -> str:
+    lines = ["| model | setting | accuracy | coverage | distinct of the samples |", "|---|---|---|---|---|"]
+    for name, runs in curves.items():
+        for k, p in enumerate(runs[0]):
+            col = lambda f: _cell([f(r[k]) for r in runs], 3)  # noqa: E731
+            lines.append(f"| {FRONTIER_MODELS[name]} | {p.label} | {col(lambda q: q.accuracy)} | {_cell([r[k].coverage for r in runs], 4)} | {col(lambda q: q.distinct)} |")
+    return "\n".join(lines)
+
+
+def equal_accuracy_ratios(curves: dict[str, list[list[FrontierPoint]]]) -> list[str]:
+    r"""LNFMM's coverage at T=1 over each baseline's coverage at the same accuracy, per seed."""
+    lines = []
+    for base in ("captioner", "cvae"):
+        if base not in curves or "lnfmm" not in curves:
+            continue
+        ratios = []
+        for lnfmm, other in zip(curves["lnfmm"], curves[base]):
+            top = lnfmm[-1]
+            theirs = coverage_at(other, top.accuracy)
+            ratios.append(top.coverage / theirs if theirs > 0 else float("nan"))
+        lines.append(f"LNFMM at T=1 vs {FRONTIER_MODELS[base]} at equal accuracy: coverage ratio {', '.join(f'{r:.2f}' for r in ratios)} (per seed; nan: that accuracy is outside its curve)")
+    return lines
+
+
+def run_frontier(args: argparse.Namespace) -> int:
+    progress = not args.no_progress
+    start = time.perf_counter()
+    out = Path(args.out)
+    data, scenes = frontier_data(args, progress)
+    curves: dict[str, list[list[FrontierPoint]]] = {}
+    for name in args.models:
+        recipe = RECIPES["captioning" if name == "lnfmm" else name]()
+        settings_list = captioner_settings() if name == "captioner" else lnfmm_settings()
+        curves[name] = []
+        for seed in args.seeds:
+            t0 = time.perf_counter()
+            steps = args.steps or recipe.steps
+            settings = TrainSettings(steps=steps, batch_size=recipe.batch_size, seed=seed, progress=progress, log_every=50)
+            trainer = train(recipe.config, data, settings, out=out / f"{name}_seed{seed}", meta={"preset": recipe.name})
+            model = trainer.module.cpu().eval()
+            points = caption_frontier(model, data, settings_list, scenes, num_samples=args.num_samples, limit=args.test_images, seed=seed)
+            curves[name].append(points)
+            print(f"== {FRONTIER_MODELS[name]}, seed {seed}, {steps} steps ({time.perf_counter() - t0:.0f}s): "
+                  + "; ".join(f"{p.label} {p.accuracy:.3f}/{p.coverage:.4f}" for p in points), flush=True)
+    png = plot_frontier({FRONTIER_MODELS[k]: v for k, v in curves.items()}, Path(args.figure),
+                        title=f"shapes data, {args.test_images} test images x {args.num_samples} samples, seeds {args.seeds}")
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s)"
+    md = "\n".join([
+        f"Command: `python benchmarks/quality.py {' '.join(sys.argv[1:])}`  ",
+        f"Machine: {machine}; total {time.perf_counter() - start:.0f}s. Budget per model and seed: {args.steps or 'the recipe'} steps.  ",
+        "", frontier_table(curves), "", *equal_accuracy_ratios(curves), "", f"![frontier]({png})",
+    ])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "frontier.md").write_text(md + "\n")
+    (out / "frontier.json").write_text(json.dumps({k: [[p.to_json() for p in r] for r in v] for k, v in curves.items()}, indent=1) + "\n")
+    print("\n" + md)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
+    if args.task == "frontier":
+        return run_frontier(args)
     warnings.filterwarnings("ignore", message=r"SPICE is left out")
     progress = not args.no_progress
     start = time.perf_counter()
@@ -149,9 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         runs[key] = []
         for seed in args.seeds:
             t0 = time.perf_counter()
-            print(f"\n== {name}, seed {seed}: {args.steps} steps", flush=True)
+            print(f"\n== {name}, seed {seed}: {args.steps or 1500} steps", flush=True)
             meta = {"data": {"data": "shapes", "sizes": sizes, "data_seed": args.data_seed}, "preset": "small"}
-            trainer = train(LNFMMConfig.small(**overrides), data, TrainSettings(steps=args.steps, batch_size=args.batch_size, seed=seed, progress=progress), out=out / f"{key}_seed{seed}", meta=meta)
+            trainer = train(LNFMMConfig.small(**overrides), data, TrainSettings(steps=args.steps or 1500, batch_size=args.batch_size, seed=seed, progress=progress), out=out / f"{key}_seed{seed}", meta=meta)
             model = trainer.module.cpu().eval()
             train_s = time.perf_counter() - t0
             cap = evaluate_captioning(model, data, num_samples=args.num_samples, limit=args.test_images, seed=seed, progress=progress, figure_images=0)
@@ -173,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command}`  ",
         f"Machine: {machine}; total {time.perf_counter() - start:.0f}s.  ",
         f"Data: shapes, {args.train_images} training images (5 captions each), seed {args.data_seed}. Each model: "
-        f"`LNFMMConfig.small()` + its ablation, {args.steps} steps of batch {args.batch_size}, seeds {args.seeds} (mean ± std over seeds).  ",
+        f"`LNFMMConfig.small()` + its ablation, {args.steps or 1500} steps of batch {args.batch_size}, seeds {args.seeds} (mean ± std over seeds).  ",
         f"Captioning: {args.test_images} test images x {args.num_samples} samples; consensus re-ranking k=60, m=125 on the model's image shared codes; "
         f"diversity on the best 5. Text-to-image: {args.t2i_captions} captions x {args.t2i_samples} images; IS with the shapes attribute classifier "
         f"(judge test scene accuracy {judge.metrics.get('scene', float('nan')):.3f}); IvOM {args.ivom_restarts} restarts x {args.ivom_steps} steps.",

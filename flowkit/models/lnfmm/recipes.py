@@ -23,7 +23,7 @@ from typing import Any
 
 from flowkit.models.lnfmm.config import LNFMMConfig
 
-__all__ = ["Recipe", "captioning_recipe", "RECIPES"]
+__all__ = ["Recipe", "captioning_recipe", "captioner_baseline", "cvae_baseline", "RECIPES"]
 
 
 @dataclass(frozen=True)
@@ -62,4 +62,40 @@ def captioning_recipe(**overrides: Any) -> Recipe:
     return Recipe("captioning", LNFMMConfig.captioning(**overrides), steps=4000, batch_size=32, image_input="features")
 
 
-RECIPES = {"captioning": captioning_recipe}
+def captioner_baseline(**overrides: Any) -> Recipe:
+    r"""The supervised captioner without a latent, on the captioning recipe's data and budget.
+
+    The same model class with ``text_specific_dim=0`` (no :math:`z'_t`, no :math:`f_t`) and
+    one loss term: the caption's NLL decoded from the image's shared code (``cross_t``); the
+    image encoder trains at the decoder's rate, as a supervised captioner's would. Diverse
+    captions come from sampling words (``method="sample"``) or beams.
+
+    Example:
+        >>> captioner_baseline().config.text_specific_dim
+        0
+    """
+    zero = dict(lambda_kl_t=0.0, lambda_kl_v=0.0, lambda_logdet=0.0, lambda_align=0.0, lambda_rec_t=0.0, lambda_rec_v=0.0)
+    base: dict[str, Any] = dict(text_specific_dim=0, lambda_cross_t=1.0, image_encoder_lr=2e-3, notes={"preset": "captioner baseline"}, **zero)
+    base.update(overrides)
+    recipe = captioning_recipe(**base)
+    return Recipe("captioner", recipe.config, recipe.steps, recipe.batch_size, recipe.image_input, recipe.validate_every)
+
+
+def cvae_baseline(**overrides: Any) -> Recipe:
+    r"""The CVAE baseline: the captioning recipe with Gaussian conditional priors and free bits.
+
+    :math:`p(z'_t | z_s) = \mathcal{N}(\mu(z_s), \sigma(z_s)^2)` instead of the flow; free
+    bits (``kl_free_nats``, Kingma et al., 2016) keep the KL from collapsing to 0, the standard
+    remedy that lets a CVAE sample more than one caption per image.
+
+    Example:
+        >>> cvae_baseline().config.prior
+        'gaussian'
+    """
+    base: dict[str, Any] = dict(prior="gaussian", kl_free_nats=3.0, notes={"preset": "cvae baseline"})
+    base.update(overrides)
+    recipe = captioning_recipe(**base)
+    return Recipe("cvae", recipe.config, recipe.steps, recipe.batch_size, recipe.image_input, recipe.validate_every)
+
+
+RECIPES = {"captioning": captioning_recipe, "captioner": captioner_baseline, "cvae": cvae_baseline}
