@@ -424,7 +424,9 @@ class GaussianMixture(BaseDistribution):
             means, raw = means.reshape(-1, k, d), raw.reshape(-1, k, d)
         else:
             logits, means, raw = (p.to(dtype).unsqueeze(0) for p in (self.logits, self.means, self.log_std_raw))
-        return torch.log_softmax(logits, dim=-1), means, soft_log_scale(raw, "atan", self.log_std_bound)
+        # logits - logsumexp, not torch.log_softmax: see flowkit.transforms.spline._softmax.
+        log_w = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+        return log_w, means, soft_log_scale(raw, "atan", self.log_std_bound)
 
     def _log_prob(self, z: Tensor, context: Tensor | None) -> Tensor:
         log_w, means, log_std = self.params(context, z.dtype)
