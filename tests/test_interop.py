@@ -182,5 +182,5 @@ def test_new_layers_both_ways() -> None:
     theirs = MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
         D, hidden_features=16, context_features=C, num_bins=4, tails="linear", tail_bound=3.0, num_blocks=1
     )
-    mixed = flowkit.Sequential(from_nflows(theirs), ours)
+    mixed = flowkit.Sequential(from_nflows(theirs, features=D), ours)
     assert check_transform(mixed, 2 * x, c).max_error < 1e-8
