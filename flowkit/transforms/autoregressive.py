@@ -116,18 +116,28 @@ class MaskedMLP(nn.Module):
             return self.first_bias.to(dtype)
         return F.linear(context.to(dtype), self.first_c, self.first_bias)
 
-    def from_context_term(self, x: Tensor, term: Tensor) -> Tensor:
-        r"""The outputs ``(N, D, P)`` given :meth:`context_term`; a term of ``B`` rows serves
-        ``N / B`` consecutive rows of ``x`` each."""
-        h = F.linear(x, self.first_x * self.first_mask)
+    def masked_weights(self) -> list[Tensor]:
+        r"""The masked weight matrices, first layer (x part) to last."""
+        return [
+            self.first_x * self.first_mask,
+            *(layer.weight * self.hidden_mask for layer in self.hidden),
+            self.last.weight * self.last_mask,
+        ]
+
+    def from_context_term(self, x: Tensor, term: Tensor, weights: list[Tensor] | None = None) -> Tensor:
+        r"""The outputs ``(N, D, P)`` given :meth:`context_term` (and :meth:`masked_weights`, to
+        reuse them over the inverse's passes); a term of ``B`` rows serves ``N / B`` consecutive
+        rows of ``x`` each."""
+        w = self.masked_weights() if weights is None else weights
+        h = F.linear(x, w[0])
         if term.dim() == 1 or term.shape[0] == h.shape[0]:
             h = h + term
         else:
             h = (h.view(term.shape[0], -1, h.shape[1]) + term.unsqueeze(1)).view(h.shape)
         h = F.relu(h)
-        for layer in self.hidden:
-            h = F.relu(F.linear(h, layer.weight * self.hidden_mask, layer.bias))
-        out = F.linear(h, self.last.weight * self.last_mask, self.last.bias)
+        for layer, wi in zip(self.hidden, w[1:-1]):
+            h = F.relu(F.linear(h, wi, layer.bias))
+        out = F.linear(h, w[-1], self.last.bias)
         return out.view(x.shape[0], self.features, self.params_per_feature)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
@@ -223,11 +233,12 @@ class MaskedAutoregressive(Transform):
     def _inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         # Pass k gets the features of degree <= k right; after D passes all are exact, and so
         # are the parameters of the last pass (feature i's depend on degrees < m(i) only).
-        term = self.net.context_term(context, y.dtype)
+        term = self.net.context_term(context, y.dtype)  # the context's part: once, not D times
+        weights = self.net.masked_weights()
         x = torch.zeros_like(y)
         ladj = y.new_zeros(y.shape[0])
         for _ in range(self.features):
-            x, ladj = self._elementwise(y, self.net.from_context_term(x, term), inverse=True)
+            x, ladj = self._elementwise(y, self.net.from_context_term(x, term, weights), inverse=True)
         return x, ladj
 
     def extra_repr(self) -> str:
