@@ -16,6 +16,12 @@ Run (from the repository root)::
 
     python benchmarks/flows.py --threads 1 --repeats 30 --sample-repeats 7
 
+``--workload nsf`` runs the same comparison with rational-quadratic spline couplings (8 bins
+on [-5, 5], linear tails; flowkit, nflows, zuko), ``--workload maf`` with affine masked
+autoregressive layers whose orderings alternate with their reverse (flowkit ``maf``, nflows
+``MaskedAffineAutoregressiveTransform`` + ``ReversePermutation``, zuko ``MAF``). Sampling a
+MAF takes D passes per layer.
+
 Needs the ``bench`` extra: ``pip install flowkit[bench]`` (nflows, zuko, FrEIA).
 """
 
@@ -189,6 +195,102 @@ BUILDERS: dict[str, Callable[[int, int, int, int, int], Model]] = {
 }
 
 
+# -- NSF: rational-quadratic spline couplings (8 bins on [-5, 5], linear/identity tails) -----
+
+BINS, BOUND = 8, 5.0
+
+
+def _wrap(name: str, flow: nn.Module, d: int, kind: str) -> Model:
+    # kind: "flowkit", "nflows" or "zuko" calling conventions.
+    if kind == "zuko":
+        return Model(name, flow, lambda x, ctx: -flow(ctx).log_prob(x).mean(), lambda ctx, n: flow(ctx).sample((n,)), d)
+    if kind == "nflows":
+        return Model(name, flow, lambda x, ctx: -flow.log_prob(x, context=ctx).mean(), lambda ctx, n: flow.sample(n, context=ctx), d)
+    return Model(name, flow, lambda x, ctx: -flow.log_prob(x, ctx).mean(), lambda ctx, n: flow.sample(n, ctx), d)
+
+
+def build_flowkit_nsf(k: int, d: int, c: int, hidden: int, depth: int) -> Model:
+    layers: list[nn.Module] = []
+    for perm in permutations(k, d):
+        layers.append(flowkit.RationalQuadraticCoupling(d, c, hidden_features=hidden, num_layers=depth, bins=BINS, bound=BOUND))
+        layers.append(flowkit.Permutation(d, indices=perm))
+    return _wrap("flowkit", flowkit.Flow(flowkit.Sequential(*layers), flowkit.StandardNormal(d)), d, "flowkit")
+
+
+def build_nflows_nsf(k: int, d: int, c: int, hidden: int, depth: int) -> Model:
+    from nflows.distributions.normal import StandardNormal
+    from nflows.flows import Flow
+    from nflows.transforms import CompositeTransform, Permutation, PiecewiseRationalQuadraticCouplingTransform
+
+    mask = torch.zeros(d)
+    mask[d // 2 :] = 1
+    layers = []
+    for perm in permutations(k, d):
+        layers.append(
+            PiecewiseRationalQuadraticCouplingTransform(
+                mask, lambda i, o: _CatNet(i + c, o, hidden, depth), num_bins=BINS, tails="linear", tail_bound=BOUND  # noqa: B023
+            )
+        )
+        layers.append(Permutation(perm))
+    return _wrap("nflows", Flow(CompositeTransform(layers), StandardNormal([d])), d, "nflows")
+
+
+def build_zuko_nsf(k: int, d: int, c: int, hidden: int, depth: int) -> Model:
+    from zuko.distributions import DiagNormal
+    from zuko.flows import Flow, GeneralCouplingTransform, UnconditionalDistribution, UnconditionalTransform
+    from zuko.transforms import MonotonicRQSTransform, PermutationTransform
+
+    mask = torch.arange(d) < d // 2
+    transforms = []
+    for perm in permutations(k, d):
+        transforms.append(
+            GeneralCouplingTransform(
+                d, c, mask=mask, univariate=MonotonicRQSTransform, shapes=[(BINS,), (BINS,), (BINS - 1,)],
+                hidden_features=(hidden,) * depth,
+            )
+        )
+        transforms.append(UnconditionalTransform(PermutationTransform, perm, buffer=True))
+    base = UnconditionalDistribution(DiagNormal, torch.zeros(d), torch.ones(d), buffer=True)
+    return _wrap("zuko", Flow(transforms, base), d, "zuko")
+
+
+# -- MAF: affine masked autoregressive layers, orderings alternating with their reverse ------
+
+
+def build_flowkit_maf(k: int, d: int, c: int, hidden: int, depth: int) -> Model:
+    return _wrap("flowkit", flowkit.maf(d, c, num_layers=k, hidden_features=hidden, net_layers=depth), d, "flowkit")
+
+
+def build_nflows_maf(k: int, d: int, c: int, hidden: int, depth: int) -> Model:
+    from nflows.distributions.normal import StandardNormal
+    from nflows.flows import Flow
+    from nflows.transforms import CompositeTransform, MaskedAffineAutoregressiveTransform, ReversePermutation
+
+    layers = []
+    for _ in range(k):
+        # num_blocks = depth - 1 plain masked blocks after the first layer: depth hidden layers.
+        layers.append(
+            MaskedAffineAutoregressiveTransform(
+                d, hidden, context_features=c, num_blocks=depth - 1, use_residual_blocks=False
+            )
+        )
+        layers.append(ReversePermutation(d))
+    return _wrap("nflows", Flow(CompositeTransform(layers[:-1]), StandardNormal([d])), d, "nflows")
+
+
+def build_zuko_maf(k: int, d: int, c: int, hidden: int, depth: int) -> Model:
+    from zuko.flows import MAF
+
+    return _wrap("zuko", MAF(d, c, transforms=k, hidden_features=(hidden,) * depth), d, "zuko")
+
+
+WORKLOADS: dict[str, dict[str, Callable[[int, int, int, int, int], Model]]] = {
+    "coupling": BUILDERS,
+    "nsf": {"flowkit": build_flowkit_nsf, "nflows": build_nflows_nsf, "zuko": build_zuko_nsf},
+    "maf": {"flowkit": build_flowkit_maf, "nflows": build_nflows_maf, "zuko": build_zuko_maf},
+}
+
+
 # -- timing ---------------------------------------------------------------------------------
 
 
@@ -261,15 +363,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of flowkit")
     p.add_argument("--libs", default="flowkit,nflows,zuko,FrEIA", help="comma-separated libraries")
     p.add_argument("--no-profile", action="store_true", help="skip the profile of flowkit's sampling (matmul share)")
+    p.add_argument("--workload", default="coupling", choices=sorted(WORKLOADS),
+                   help="coupling: affine couplings (default); nsf: spline couplings; maf: masked autoregressive")
     args = p.parse_args(argv)
+    builders = WORKLOADS[args.workload]
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     k, d, c, b = args.layers, args.features, args.context, args.batch
     models = []
     for name in args.libs.split(","):
+        if name not in builders:
+            continue  # e.g. FrEIA has no spline or autoregressive workload here
         torch.manual_seed(0)
-        models.append(BUILDERS[name](k, d, c, args.hidden, args.depth))
+        models.append(builders[name](k, d, c, args.hidden, args.depth))
     if not args.no_compile and any(m.name == "flowkit" for m in models):
         models.append(compiled_flowkit(next(m for m in models if m.name == "flowkit")))
 
@@ -277,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.randn(b, d, generator=g)
     ctx = torch.randn(b, c, generator=g)
 
-    print(f"# flows benchmark: K={k} D={d} C={c} B={b} hidden={args.hidden}x{args.depth} "
+    print(f"# flows benchmark ({args.workload}): K={k} D={d} C={c} B={b} hidden={args.hidden}x{args.depth} "
           f"samples={args.samples}x{b}, threads={args.threads}, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}", flush=True)
     for m in models:

@@ -17,15 +17,29 @@ from flowkit.transforms import (
     ElementwiseScale,
     InputError,
     Inverse,
+    MaskedAutoregressive,
     Invertible1x1,
     Permutation,
+    RationalQuadraticCoupling,
     Reverse,
     Sequential,
     Switch,
     Transform,
     data_init,
 )
-from flowkit.distributions import Flow, StandardNormal
-from flowkit.builders import glow, realnvp
+from flowkit.distributions import BaseDistribution, DiagonalNormal, Flow, GaussianMixture, StandardNormal
+from flowkit.builders import glow, maf, nsf, realnvp
 
-__all__ = ["__version__", *transforms.__all__, "StandardNormal", "Flow", "glow", "realnvp"]
+__all__ = [
+    "__version__",
+    *transforms.__all__,
+    "StandardNormal",
+    "DiagonalNormal",
+    "GaussianMixture",
+    "BaseDistribution",
+    "Flow",
+    "glow",
+    "realnvp",
+    "nsf",
+    "maf",
+]

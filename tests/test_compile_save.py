@@ -142,3 +142,46 @@ def test_to_double_moves_everything() -> None:
     state = flow.state_dict()
     for k, v in state.items():
         assert v.dtype in (torch.float64, torch.bool, torch.long), (k, v.dtype)
+
+
+def _new_flows() -> list[Flow]:
+    torch.manual_seed(0)
+    flows = [
+        flowkit.nsf(5, 3, num_layers=2, hidden_features=16, bins=4, base=flowkit.GaussianMixture(5, 3, 3, hidden_features=8)),
+        flowkit.maf(5, 3, num_layers=2, hidden_features=16, transform="spline", bins=4, base=flowkit.DiagonalNormal(5, 3)),
+        flowkit.maf(5, 3, num_layers=2, hidden_features=16),
+        Flow(flowkit.Inverse(flowkit.MaskedAutoregressive(5, 3, hidden_features=16)), flowkit.GaussianMixture(5, 2)),
+    ]
+    for f in flows:
+        _perturb(f)
+    return flows
+
+
+@pytest.mark.parametrize("index", [0, 1, 2, 3], ids=["nsf+mixture", "maf-spline+diag", "maf", "iaf+mixture"])
+def test_new_flows_compile_without_graph_breaks(index: int) -> None:
+    torch._dynamo.reset()
+    flow = _new_flows()[index]
+    x, c = _data(3)
+    explanation = torch._dynamo.explain(flow.log_prob)(x, c)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    sampler = torch._dynamo.explain(lambda ctx: flow.sample(4, ctx, temperature=0.7))(c[:3])
+    assert sampler.graph_break_count == 0, sampler.break_reasons
+    if index == 0:  # the compiled density equals eager
+        compiled = torch.compile(flow.log_prob, backend="eager", fullgraph=True)
+        assert torch.allclose(compiled(x, c), flow.log_prob(x, c), atol=1e-5)
+
+
+def test_new_flows_pickle_whole(tmp_path: Path) -> None:
+    x, c = _data(3)
+    for i, flow in enumerate(_new_flows()):
+        flow.eval()
+        torch.save(flow, tmp_path / f"{i}.pt")
+        loaded = torch.load(tmp_path / f"{i}.pt", weights_only=False)
+        assert torch.equal(loaded.log_prob(x, c), flow.log_prob(x, c))
+        torch.manual_seed(3)
+        a = loaded.sample(2, c[:2])
+        torch.manual_seed(3)
+        assert torch.equal(a, flow.sample(2, c[:2]))
+        state = flow.state_dict()
+        assert any(k.endswith("net.order") or k.endswith("transform_idx") for k in state), list(state)[:5]

@@ -75,3 +75,14 @@ def test_custom_prior_tiny(tmp_path):
 def test_example_help(script):
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / script), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "--tiny" in proc.stdout
+
+
+def test_density_estimation_quick(tmp_path):
+    png = tmp_path / "density.png"
+    cmd = [sys.executable, str(ROOT / "examples" / "density_estimation.py"), "--quick", "--plot", str(png),
+           "--threads", THREADS, "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("nsf", "maf", "realnvp"):
+        assert f"| {name} |" in proc.stdout
+    assert "test NLL of the true density" in proc.stdout and png.read_bytes()[:4] == b"\x89PNG"

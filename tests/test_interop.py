@@ -159,3 +159,28 @@ def test_wrappers_unwrap_pickle_and_import_message(monkeypatch: pytest.MonkeyPat
     interop = importlib.import_module("flowkit.interop")
     with pytest.raises(ImportError, match=r"pip install flowkit\[nflows\]"):
         interop.to_nflows  # noqa: B018 - the lazy attribute triggers the import
+
+
+def test_new_layers_both_ways() -> None:
+    from nflows.transforms import MaskedPiecewiseRationalQuadraticAutoregressiveTransform
+
+    torch.manual_seed(6)
+    ours = flowkit.Sequential(
+        flowkit.RationalQuadraticCoupling(D, C, hidden_features=16, bins=4, bound=3.0),
+        flowkit.Switch(D),
+        flowkit.MaskedAutoregressive(D, C, hidden_features=16, transform="spline", bins=4, bound=3.0),
+        flowkit.Inverse(flowkit.MaskedAutoregressive(D, C, hidden_features=16)),
+    )
+    ours = randomize_parameters(ours, seed=7).double()
+    x, c = _data()
+    # flowkit -> nflows: the same density inside an nflows Flow
+    nf = NflowsFlow(to_nflows(ours), NflowsNormal([D]))
+    fk = flowkit.Flow(ours, flowkit.StandardNormal(D))
+    torch.testing.assert_close(nf.log_prob(2 * x, context=c), fk.log_prob(2 * x, context=c), atol=1e-10, rtol=0)
+    # nflows -> flowkit: nflows' spline MAF next to flowkit's layers, checked by the kit
+    torch.manual_seed(8)
+    theirs = MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+        D, hidden_features=16, context_features=C, num_bins=4, tails="linear", tail_bound=3.0, num_blocks=1
+    )
+    mixed = flowkit.Sequential(from_nflows(theirs, features=D), ours)
+    assert check_transform(mixed, 2 * x, c).max_error < 1e-8

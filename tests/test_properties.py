@@ -9,11 +9,19 @@ import inspect
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowkit
-from flowkit.testing import check_invertible, check_log_det, check_shapes, check_shared_context, registered_layers
+from flowkit.testing import (
+    check_base,
+    check_invertible,
+    check_log_det,
+    check_shapes,
+    check_shared_context,
+    registered_bases,
+    registered_layers,
+)
 from flowkit.testing import strategies as fst
 
 NAMES = sorted(registered_layers())
@@ -67,3 +75,37 @@ def test_registry_covers_every_exported_transform() -> None:
         f"layers exported from flowkit but not registered in flowkit/testing/registry.py: {missing}; "
         f"register each so that the property tests cover it"
     )
+
+
+BASES = sorted(registered_bases())
+
+
+@pytest.mark.parametrize("name", BASES)
+@given(data=st.data())
+@settings(max_examples=15)
+def test_base_distributions(name: str, data: st.DataObject) -> None:
+    # Random sizes (odd and 1 included), contexts, options and non-identity parameters:
+    # shapes, dtypes, batch independence, shared context, reparameterized samples, and for
+    # D <= 2 a density that integrates to 1.
+    spec = registered_bases()[name]
+    features = data.draw(st.integers(max(1, spec.min_features), 5), label="features")
+    context_features = 0 if not spec.accepts_context else data.draw(st.integers(0, 3), label="context_features")
+    options = {k: data.draw(st.sampled_from(list(v)), label=k) for k, v in spec.options.items()}
+    base = spec.build(features, context_features, options, seed=data.draw(st.integers(0, 2**16), label="seed"))
+    batch = data.draw(st.integers(1, 5), label="batch")
+    z = data.draw(fst.data(batch, features), label="z")
+    context = data.draw(fst.contexts(batch, context_features), label="context")
+    check_base(base, z, context)
+
+
+def test_registry_covers_every_exported_base() -> None:
+    exported = {
+        obj
+        for name in flowkit.__all__
+        if inspect.isclass(obj := getattr(flowkit, name))
+        and issubclass(obj, flowkit.BaseDistribution)
+        and obj is not flowkit.BaseDistribution
+    }
+    assert {flowkit.DiagonalNormal, flowkit.GaussianMixture} <= exported
+    built = {type(spec.build(3, 2 if spec.accepts_context else 0, seed=0)) for spec in registered_bases().values()}
+    assert not sorted(c.__name__ for c in exported - built)

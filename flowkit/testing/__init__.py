@@ -24,6 +24,7 @@ from torch import nn
 from flowkit.testing.checks import (
     CheckFailed,
     CheckResult,
+    check_base,
     check_batch_independent,
     check_deterministic,
     check_invertible,
@@ -35,7 +36,16 @@ from flowkit.testing.checks import (
     layer_name,
     randomize_parameters,
 )
-from flowkit.testing.registry import LayerSpec, get_layer, register_layer, registered_layers, unregister_layer
+from flowkit.testing.registry import (
+    LayerSpec,
+    get_base,
+    get_layer,
+    register_base,
+    register_layer,
+    registered_bases,
+    registered_layers,
+    unregister_layer,
+)
 
 __all__ = [
     "CheckFailed",
@@ -47,6 +57,7 @@ __all__ = [
     "check_batch_independent",
     "check_shared_context",
     "check_transform",
+    "check_base",
     "jacobian_log_det",
     "layer_name",
     "randomize_parameters",
@@ -55,6 +66,9 @@ __all__ = [
     "unregister_layer",
     "registered_layers",
     "get_layer",
+    "register_base",
+    "registered_bases",
+    "get_base",
     "run_property_checks",
 ]
 

@@ -24,7 +24,17 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-__all__ = ["LayerSpec", "register_layer", "unregister_layer", "registered_layers", "get_layer", "CONTEXT_MODES"]
+__all__ = [
+    "LayerSpec",
+    "register_layer",
+    "unregister_layer",
+    "registered_layers",
+    "get_layer",
+    "register_base",
+    "registered_bases",
+    "get_base",
+    "CONTEXT_MODES",
+]
 
 #: ``"never"``: unconditional only; ``"optional"``: with or without; ``"required"``: needs a context.
 CONTEXT_MODES: tuple[str, ...] = ("never", "optional", "required")
@@ -207,6 +217,49 @@ def get_layer(name: str) -> LayerSpec:
         raise KeyError(f"no layer registered as {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
 
 
+_BASES: dict[str, LayerSpec] = {}
+
+
+def register_base(
+    name: str,
+    factory: Factory,
+    *,
+    context: str = "optional",
+    min_features: int = 1,
+    options: Mapping[str, Sequence[Any]] | None = None,
+    overwrite: bool = False,
+) -> LayerSpec:
+    r"""Registers a base-distribution factory ``factory(features, context_features, **options)``
+    for the property tests of bases (:func:`flowkit.testing.check_base` over random sizes,
+    contexts, options and parameters).
+
+    Example:
+        >>> spec = register_base("MyNormal", lambda d, c: flowkit.DiagonalNormal(d), context="never")
+        >>> registered_bases()["MyNormal"].build(2)
+        DiagonalNormal(features=2)
+    """
+    if context not in CONTEXT_MODES:
+        raise ValueError(f"context must be one of {CONTEXT_MODES}, got {context!r}")
+    if name in _BASES and not overwrite:
+        raise ValueError(f"a base named {name!r} is already registered (pass overwrite=True to replace it)")
+    spec = LayerSpec(name=name, factory=factory, context=context, min_features=min_features, options=dict(options or {}))
+    _BASES[name] = spec
+    return spec
+
+
+def registered_bases() -> dict[str, LayerSpec]:
+    r"""Every registered base distribution, by name."""
+    return dict(_BASES)
+
+
+def get_base(name: str) -> LayerSpec:
+    r"""The :class:`LayerSpec` of the base distribution registered under ``name``."""
+    try:
+        return _BASES[name]
+    except KeyError:
+        raise KeyError(f"no base registered as {name!r}; registered: {', '.join(sorted(_BASES))}") from None
+
+
 # -- flowkit's own layers -------------------------------------------------------------------
 # Factories are module-level functions (picklable, readable); flowkit is imported at call time
 # so that this module imports cheaply and without cycles.
@@ -353,7 +406,89 @@ def _realnvp(
     return _flow_transform(flow)
 
 
+def _rq_coupling(
+    features: int,
+    context_features: int,
+    hidden_features: int = 8,
+    num_layers: int = 1,
+    bins: int = 4,
+    bound: float = 2.0,
+    mask: str = "half",
+    flip_mask: bool = False,
+) -> nn.Module:
+    import flowkit
+
+    return flowkit.RationalQuadraticCoupling(
+        features, context_features, hidden_features, num_layers, bins=bins, bound=bound, mask=mask, flip_mask=flip_mask
+    )
+
+
+def _order(features: int, order_seed: int | None) -> list[int] | None:
+    if order_seed is None:
+        return None
+    return torch.randperm(features, generator=torch.Generator().manual_seed(order_seed)).tolist()
+
+
+def _masked_autoregressive(
+    features: int,
+    context_features: int,
+    transform: str = "affine",
+    hidden_features: int = 8,
+    num_layers: int = 1,
+    bins: int = 4,
+    bound: float = 2.0,
+    order_seed: int | None = None,
+) -> nn.Module:
+    import flowkit
+
+    return flowkit.MaskedAutoregressive(
+        features, context_features, hidden_features, num_layers, transform=transform, bins=bins, bound=bound,
+        order=_order(features, order_seed),
+    )
+
+
+def _iaf(features: int, context_features: int, transform: str = "affine", order_seed: int | None = None) -> nn.Module:
+    import flowkit
+
+    return flowkit.Inverse(_masked_autoregressive(features, context_features, transform, order_seed=order_seed))
+
+
+def _nsf(features: int, context_features: int, num_layers: int = 2, mask: str = "half", bound: float = 2.0) -> nn.Module:
+    import flowkit
+
+    flow = flowkit.nsf(
+        features, context_features, num_layers=num_layers, hidden_features=8, bins=4, bound=bound, mask=mask, net_layers=1
+    )
+    return _flow_transform(flow)
+
+
+def _maf(features: int, context_features: int, num_layers: int = 2, transform: str = "affine") -> nn.Module:
+    import flowkit
+
+    flow = flowkit.maf(
+        features, context_features, num_layers=num_layers, hidden_features=8, transform=transform, bins=4, bound=2.0,
+        net_layers=1,
+    )
+    return _flow_transform(flow)
+
+
+def _diagonal_normal(features: int, context_features: int, hidden_features: int = 8) -> nn.Module:
+    import flowkit
+
+    return flowkit.DiagonalNormal(features, context_features, hidden_features=hidden_features)
+
+
+def _gaussian_mixture(features: int, context_features: int, components: int = 3, hidden_features: int = 8) -> nn.Module:
+    import flowkit
+
+    return flowkit.GaussianMixture(features, components, context_features, hidden_features=hidden_features)
+
+
 def _register_builtins() -> None:
+    register_base("DiagonalNormal", _diagonal_normal, options={"hidden_features": (8, 4)}, overwrite=True)
+    register_base(
+        "GaussianMixture", _gaussian_mixture, options={"components": (3, 1, 5), "hidden_features": (8, 4)}, overwrite=True
+    )
     coupling_opts = {
         "hidden_features": _HIDDEN,
         "num_layers": _NUM_LAYERS,
@@ -398,6 +533,33 @@ def _register_builtins() -> None:
         },
         overwrite=True,
     )
+    register_layer(
+        "RationalQuadraticCoupling",
+        _rq_coupling,
+        options=coupling_opts | {"bins": (4, 2, 8), "bound": (2.0, 1.0, 5.0)},
+        accepts=_coupling_accepts,
+        overwrite=True,
+    )
+    register_layer(
+        "MaskedAutoregressive",
+        _masked_autoregressive,
+        options={
+            "transform": ("affine", "spline"),
+            "hidden_features": _HIDDEN,
+            "num_layers": _NUM_LAYERS,
+            "bins": (4, 2),
+            "bound": (2.0, 1.0, 5.0),
+            "order_seed": (None, 0, 1),
+        },
+        overwrite=True,
+    )
+    register_layer(
+        "IAF", _iaf, options={"transform": ("affine", "spline"), "order_seed": (None, 0)}, overwrite=True
+    )
+    register_layer(
+        "nsf", _nsf, min_features=2, options={"num_layers": (2, 1), "mask": _MASKS, "bound": (2.0, 5.0)}, overwrite=True
+    )
+    register_layer("maf", _maf, options={"num_layers": (2, 1), "transform": ("affine", "spline")}, overwrite=True)
     register_layer(
         "realnvp",
         _realnvp,
