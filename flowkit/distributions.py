@@ -109,9 +109,15 @@ class Flow(nn.Module):
         super().__init__()
         if not callable(getattr(transform, "inverse", None)):
             raise TypeError(f"transform must have an inverse method, got {type(transform).__name__}")
+        t_features, b_features = getattr(transform, "features", None), getattr(base, "features", None)
+        if isinstance(t_features, int) and isinstance(b_features, int) and t_features != b_features:
+            raise ValueError(
+                f"Flow: the transform works on {t_features} features but the base distribution on {b_features}; "
+                f"build the base with features={t_features}"
+            )
         self.transform = transform
         self.base = base
-        self.features = getattr(base, "features", None)
+        self.features = b_features
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         r"""Same as :meth:`log_prob`."""

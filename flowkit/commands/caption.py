@@ -117,11 +117,25 @@ def _split_dataset(data: Any, split: str) -> Any:
     return getattr(data, split)
 
 
+def _output(args: argparse.Namespace) -> Path | None:
+    r"""The ``--out`` file (None: the default, known once the split is), checked before any
+    sampling: never a checkpoint, and a writable folder (the run's, by default)."""
+    from flowkit.evaluation import checkpoint_file
+    from flowkit.training.safety import check_output
+
+    ckpt = checkpoint_file(args.checkpoint)
+    if args.out:
+        return check_output(args.out, "--out", protected=(ckpt,))
+    check_output(run_dir(args.checkpoint) / "captions_test.json", "the default output (pass --out FILE elsewhere)", protected=(ckpt,))
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     r"""Runs ``flowkit caption`` with parsed arguments; returns the exit status."""
     from flowkit.evaluation import generate_captions, load_run
     from flowkit.training.checkpoint import atomic_write_text
 
+    out = _output(args)
     model, data, _ = load_run(args.checkpoint, device=args.device, **data_overrides(args))
     split = args.split or "test"
     if args.images is not None and args.split is None:
@@ -153,8 +167,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"image {iid} ({distinct} distinct of {len(caps)})" + (f"  reference: {refs[iid][0]}" if refs.get(iid) else ""))
             for c in caps[: args.show]:
                 print(f"  {c}")
-    out = Path(args.out) if args.out else run_dir(args.checkpoint) / f"captions_{split}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = out or run_dir(args.checkpoint) / f"captions_{split}.json"
     atomic_write_text(out, json.dumps({str(k): v for k, v in captions.items()}, indent=1) + "\n")
     print(f"wrote {len(captions)} images x {args.num_samples} captions to {out}")
     return 0

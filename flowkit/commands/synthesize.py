@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
 
     from flowkit.data import Vocabulary, tokenize
     from flowkit.evaluation import load_model, plot_image_grid, sample_images_for_captions
-    from flowkit.commands.caption import run_dir
+    from flowkit.training.checkpoint import _atomic_write
 
+    out, tensor_out = _outputs(args)
     model, ckpt = load_model(args.checkpoint, device=args.device)
     if not model.config.pixels:
         raise ValueError("this run's model works on image features (image_encoder='features'); it cannot draw images")
@@ -79,11 +81,29 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"warning: words outside the vocabulary become <unk>: {', '.join(unknown)}", file=sys.stderr)
     images = sample_images_for_captions(model, captions, vocab, args.num_samples, args.temperature, seed=args.seed)
-    out = Path(args.out) if args.out else run_dir(args.checkpoint) / "synthesized.png"
     plot_image_grid(captions, images, out, max_samples=args.num_samples)
     print(f"wrote {len(captions)} x {args.num_samples} images to {out}")
-    if args.save_tensor:
-        Path(args.save_tensor).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(images, args.save_tensor)
-        print(f"wrote the images tensor {tuple(images.shape)} to {args.save_tensor}")
+    if tensor_out is not None:
+        _atomic_write(tensor_out, lambda f: torch.save(images, f))
+        print(f"wrote the images tensor {tuple(images.shape)} to {tensor_out}")
     return 0
+
+
+def _outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    r"""The PNG and tensor files, checked before any sampling: never the run's checkpoint, a
+    folder gets ``synthesized.png`` inside it, a name without suffix gets ``.png``."""
+    from flowkit.commands.caption import run_dir
+    from flowkit.evaluation import checkpoint_file
+    from flowkit.training.safety import check_output
+
+    ckpt = checkpoint_file(args.checkpoint)
+    out = Path(args.out) if args.out else run_dir(args.checkpoint) / "synthesized.png"
+    if out.is_dir() or (args.out and args.out.endswith(("/", os.sep))):
+        out = out / "synthesized.png"
+    elif not out.suffix:
+        out = out.with_suffix(".png")
+    check_output(out, "--out", protected=(ckpt,))
+    tensor_out = check_output(args.save_tensor, "--save-tensor", protected=(ckpt,)) if args.save_tensor else None
+    if tensor_out is not None and tensor_out.resolve() == out.resolve():
+        raise ValueError(f"--save-tensor and --out name the same file '{out}'; pass two file names")
+    return out, tensor_out

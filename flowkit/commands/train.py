@@ -20,6 +20,7 @@ from typing import Any
 
 from flowkit.commands import fraction, non_negative_int, positive_int
 from flowkit.data.loading import DATA_DEFAULTS
+from flowkit.training.checkpoint import CHECKPOINT_NAME
 
 __all__ = ["add_parser", "parse_overrides", "run"]
 
@@ -49,6 +50,17 @@ examples:
 
 # Data options: kept in the checkpoint (as "meta") so that --resume reloads the same data.
 _BATCH_DEFAULTS = {"small": 32, "paper": 128}
+
+#: Defaults of the run options a resume takes from the checkpoint when they are not given.
+RUN_DEFAULTS: dict[str, Any] = {
+    "checkpoint_every": 500,
+    "log": "both",
+    "log_every": 1,
+    "device": "auto",
+    "amp": "auto",
+    "num_workers": 0,
+    "find_unused_parameters": False,
+}
 
 
 def _sizes(text: str) -> dict[str, int]:
@@ -109,26 +121,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=positive_int, metavar="B", default=None, help="pairs per step and process (default 32 small, 128 paper)")
     g.add_argument("--seed", type=int, metavar="S", default=None, help="seed of the initialization, training noise and data order (default 0)")
     g.add_argument("--labeled-fraction", type=fraction, metavar="F", default=None, help="semi-supervised: only this fixed, seeded fraction of training pairs is labeled (default 1.0)")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train (default auto: CUDA when available; under torchrun cuda:LOCAL_RANK)")
-    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto", help="mixed precision on CUDA (auto: bf16 where supported, else fp16 + GradScaler); ignored on CPU")
-    g.add_argument("--num-workers", type=non_negative_int, metavar="W", default=0, help="DataLoader worker processes (default 0)")
-    g.add_argument("--find-unused-parameters", action="store_true", help="under torchrun: let DDP handle parameters without a gradient in a step (slower; LNFMM does not need it)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="where to train (default auto: CUDA when available; under torchrun cuda:LOCAL_RANK)")
+    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default=None, help="mixed precision on CUDA (auto: bf16 where supported, else fp16 + GradScaler); ignored on CPU")
+    g.add_argument("--num-workers", type=non_negative_int, metavar="W", default=None, help="DataLoader worker processes (default 0)")
+    g.add_argument("--find-unused-parameters", action="store_true", default=None, help="under torchrun: let DDP handle parameters without a gradient in a step (slower; LNFMM does not need it)")
 
     g = p.add_argument_group("output")
     g.add_argument("--out", metavar="DIR", default=None, help="run folder for checkpoint.pt, config.json, vocab.json, log.csv (default: the --resume folder)")
     g.add_argument("--resume", metavar="DIR", default=None, help="continue exactly from DIR/checkpoint.pt (errors if there is none or the run differs)")
     g.add_argument("--overwrite", action="store_true", help="start a new run in an --out folder that already holds a checkpoint (replacing it)")
-    g.add_argument("--checkpoint-every", type=non_negative_int, metavar="K", default=500, help="save a checkpoint every K steps, 0 for the end only (default 500); saves are atomic")
+    g.add_argument("--checkpoint-every", type=non_negative_int, metavar="K", default=None, help="save a checkpoint every K steps, 0 for the end only (default 500, on --resume the checkpoint's); saves are atomic")
     g.add_argument(
         "--log",
         "--log-backend",
         dest="log",
         choices=["csv", "tensorboard", "both"],
-        default="both",
-        help="log.csv is always written; 'tensorboard'/'both' add TensorBoard events when installed (default both). "
+        default=None,
+        help="log.csv is always written; 'tensorboard'/'both' add TensorBoard events when installed (default both, on --resume the checkpoint's). "
         "Under torchrun spell it --log-backend: torchrun's own parser takes --log for an abbreviation of its --log-dir",
     )
-    g.add_argument("--log-every", type=positive_int, metavar="K", default=1, help="write a log row every K steps (default 1)")
+    g.add_argument("--log-every", type=positive_int, metavar="K", default=None, help="write a log row every K steps (default 1)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -184,33 +196,68 @@ def _flatten(groups: list[list[str]] | None) -> list[str]:
     return [x for g in (groups or []) for x in g]
 
 
-def run(args: argparse.Namespace) -> int:
-    r"""Runs ``flowkit train`` with parsed arguments; returns the exit status."""
+def _resume_target(resume: str) -> Path:
+    path = Path(resume)
+    target = path / CHECKPOINT_NAME if path.is_dir() or not path.suffix else path
+    if not target.is_file():
+        raise FileNotFoundError(f"--resume {resume}: no checkpoint at '{target}' (train with --out {resume} first)")
+    return target
 
-    from flowkit.data import load_caption_data
-    from flowkit.models import LNFMMConfig
-    from flowkit.training import CHECKPOINT_NAME, TrainSettings, load_checkpoint, train
+
+def _check_out(args: argparse.Namespace, out: Path, resume_path: Path | None) -> None:
+    # Runs under the run-folder lock, so no other process can write a checkpoint meanwhile.
+    existing = out / CHECKPOINT_NAME
+    if not existing.exists() or args.overwrite:
+        return
+    if resume_path is None:
+        raise ValueError(f"'{out}' already holds a checkpoint: pass --resume {out} to continue it, or --overwrite to start over")
+    if existing.resolve() != resume_path.resolve():
+        raise ValueError(
+            f"--out '{out}' already holds another run's checkpoint, which continuing --resume {args.resume} there "
+            f"would replace: pass another --out, or --overwrite to replace it"
+        )
+
+
+def _run_options(args: argparse.Namespace, saved: dict[str, Any]) -> dict[str, Any]:
+    r"""Each run option: as given, else the checkpoint's (on resume), else the default."""
+    return {k: getattr(args, k) if getattr(args, k) is not None else saved.get(k, default) for k, default in RUN_DEFAULTS.items()}
+
+
+def _is_main_rank() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run(args: argparse.Namespace) -> int:
+    r"""Runs ``flowkit train`` with parsed arguments; returns the exit status.
+
+    The run folder is locked (:class:`flowkit.training.safety.RunLock`) from the first check
+    of its content to the end of training.
+    """
+    from contextlib import nullcontext
+
+    from flowkit.training.safety import RunLock
 
     if args.out is None and args.resume is None:
         raise ValueError("--out DIR is required (or --resume DIR to continue a run)")
-    out = Path(args.out if args.out is not None else args.resume)
+    resume_path = _resume_target(args.resume) if args.resume is not None else None
+    out = Path(args.out) if args.out is not None else resume_path.parent  # type: ignore[union-attr]
+    with RunLock(out) if _is_main_rank() else nullcontext():
+        _check_out(args, out, resume_path)
+        return _train(args, out, resume_path)
+
+
+def _train(args: argparse.Namespace, out: Path, resume_path: Path | None) -> int:
+    from flowkit.data import load_caption_data
+    from flowkit.models import LNFMMConfig
+    from flowkit.training import TrainSettings, load_checkpoint, train
 
     given_data = {k: getattr(args, k) for k in DATA_DEFAULTS}
     overrides = parse_overrides(_flatten(args.overrides), LNFMMConfig)
     if args.lr is not None:
         overrides["lr"] = float(args.lr)
-
-    if args.resume is None and (out / CHECKPOINT_NAME).exists() and not args.overwrite:
-        raise ValueError(f"'{out}' already holds a checkpoint: pass --resume {out} to continue it, or --overwrite to start over")
-    resume_path: Path | None = None
-    stored: dict[str, Any] = {}
-    if args.resume is not None:
-        resume_path = Path(args.resume)
-        target = resume_path / CHECKPOINT_NAME if resume_path.is_dir() or not resume_path.suffix else resume_path
-        if not target.is_file():
-            raise FileNotFoundError(f"--resume {args.resume}: no checkpoint at '{target}' (train with --out {args.resume} first)")
-        stored = load_checkpoint(target)
-        resume_path = target
+    stored: dict[str, Any] = load_checkpoint(resume_path) if resume_path is not None else {}
 
     if stored:
         meta = dict(stored.get("meta", {}).get("data", {}))
@@ -235,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
         fraction = args.labeled_fraction if args.labeled_fraction is not None else saved_training.get("labeled_fraction", 1.0)
         steps = args.steps if args.steps is not None else saved_training.get("steps", 1000)
     else:
+        saved_training = {}
         data_opts = {k: (v if v is not None else DATA_DEFAULTS[k]) for k, v in given_data.items()}
         preset = args.preset or "small"
         config = getattr(LNFMMConfig, preset)(**overrides)
@@ -262,14 +310,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=batch_size,
         seed=seed,
         labeled_fraction=fraction,
-        checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every,
-        log=args.log,
-        device=args.device,
-        amp=args.amp,
         progress=not args.no_progress,
-        num_workers=args.num_workers,
-        find_unused_parameters=args.find_unused_parameters,
+        **_run_options(args, saved_training),
     )
     if resume_path is not None and out.resolve() != resume_path.parent.resolve():
         # Continuing into another folder: carry the log over so it stays one history.

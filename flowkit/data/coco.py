@@ -36,6 +36,8 @@ import io
 import json
 import os
 import re
+import warnings
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,7 @@ __all__ = [
     "read_id_list",
     "read_splits",
     "load_features",
+    "check_disjoint",
     "load_image",
     "pil_to_tensor",
     "vgg16_fc7",
@@ -128,17 +131,62 @@ def load_coco(path: str | os.PathLike[str]) -> Any:
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise DataError(f"COCO captions file {path} needs the keys 'images' and 'annotations', got {keys}")
-    for k, a in enumerate(data["annotations"]):
-        if not isinstance(a, dict) or not {"id", "image_id", "caption"} <= set(a):
-            raise DataError(f"COCO captions file {path}: annotation #{k} needs 'id', 'image_id' and 'caption', got {a!r}")
     for k, im in enumerate(data["images"]):
         if not isinstance(im, dict) or "id" not in im:
             raise DataError(f"COCO captions file {path}: image #{k} has no 'id': {im!r}")
+        _check_id(im["id"], path, f"image #{k}")
+    for k, a in enumerate(data["annotations"]):
+        if not isinstance(a, dict) or not {"id", "image_id", "caption"} <= set(a):
+            raise DataError(f"COCO captions file {path}: annotation #{k} needs 'id', 'image_id' and 'caption', got {a!r}")
+        _check_id(a["image_id"], path, f"annotation #{k}")
+        if not isinstance(a["caption"], str):
+            raise DataError(
+                f"COCO captions file {path}: annotation #{k} (image {a['image_id']}) has caption {a['caption']!r}, "
+                f"a {type(a['caption']).__name__}; captions must be strings: fix or remove that annotation"
+            )
+    _warn_orphans(data, path)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def _check_id(value: Any, path: Path, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        fix = f" (write {value.strip()} without quotes)" if isinstance(value, str) and value.strip().isdigit() else ""
+        raise DataError(
+            f"COCO captions file {path}: {where} has image id {value!r}, a {type(value).__name__}; "
+            f"COCO image ids are integers{fix}"
+        )
+
+
+def _warn_orphans(data: Mapping[str, Any], path: Path) -> None:
+    # Captions of an image id without an image entry cannot be used: say so instead of
+    # dropping them silently.
+    known = {im["id"] for im in data["images"]}
+    orphans = sorted({a["image_id"] for a in data["annotations"]} - known)
+    if orphans:
+        n = sum(a["image_id"] not in known for a in data["annotations"])
+        warnings.warn(
+            f"COCO captions file {path}: {n} annotations refer to {len(orphans)} image ids without an entry in "
+            f"'images' (e.g. {orphans[:_EXAMPLES]}); they are ignored. Add the images or remove the annotations",
+            stacklevel=3,
+        )
+
+
+def check_disjoint(splits: Mapping[str, Sequence[ImageRecord]], source: Path) -> None:
+    r"""Raises :class:`DataError` when an image id is in two splits (test would leak into training)."""
+    seen: dict[int, str] = {}
+    shared: dict[tuple[str, str], list[int]] = {}
+    for s in _SPLITS:
+        for r in splits.get(s, []):
+            first = seen.setdefault(r.image_id, s)
+            if first != s:
+                shared.setdefault((first, s), []).append(r.image_id)
+    if shared:
+        parts = "; ".join(f"{len(v)} in both {a!r} and {b!r} (e.g. ids {v[:_EXAMPLES]})" for (a, b), v in shared.items())
+        raise DataError(f"image ids in two splits of {source}: {parts}. Each image must be in one split only: fix the split files")
 
 
 _TRAILING_INT = re.compile(r"(\d+)(?:\.[A-Za-z0-9]+)?\s*$")
@@ -191,6 +239,9 @@ def _karpathy(root: Path, path: Path) -> dict[str, list[ImageRecord]]:
             split = {"restval": "train"}.get(im["split"], im["split"])
             iid = int(im.get("cocoid", im.get("imgid")))
             caps = [s["raw"] for s in im.get("sentences", [])]
+            bad = [c for c in caps if not isinstance(c, str)]
+            if bad:
+                raise DataError(f"Karpathy split file {path}: image #{k} (cocoid {iid}) has caption {bad[0]!r}, a {type(bad[0]).__name__}; captions must be strings")
             file = root / im.get("filepath", "") / im["filename"]
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"Karpathy split file {path}: image #{k} lacks {e} (needs split, filename, cocoid, sentences[].raw)") from e
@@ -249,6 +300,7 @@ def read_splits(
         source = path
         for s in _SPLITS:
             _check_captions(out[s], s, source)
+        check_disjoint(out, source)
         return out
     if split_scheme == "coco":
         out = {}
@@ -256,6 +308,7 @@ def read_splits(
             path = files.get(s, root / "annotations" / f"captions_{s}.json")
             out[s] = _coco_records(load_coco(path), _image_dir(root, s))
             _check_captions(out[s], s, path)
+        check_disjoint(out, root)
         return out
     if split_scheme in ("ids", "mrnn"):
         ann_files = sorted((root / "annotations").glob("captions_*.json"))
@@ -282,6 +335,7 @@ def read_splits(
             ids = read_id_list(path)
             out[s] = [records.get(i, ImageRecord(i, None, [])) for i in ids]
             _check_captions(out[s], s, path)
+        check_disjoint(out, root)
         return out
     raise ValueError(f"split_scheme must be one of {SPLIT_SCHEMES}, got {split_scheme!r}")
 
@@ -332,10 +386,10 @@ def load_features(
             ids, feats = _load_h5(path)
         else:
             raise DataError(f"features file {path}: unknown format {suffix!r}. {hint}")
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
         if isinstance(e, DataError):
             raise
-        raise DataError(f"features file {path} cannot be read: {e}") from e
+        raise DataError(f"features file {path} cannot be read (truncated or corrupt?): {type(e).__name__}: {e}; write it again") from e
     feats = np.asarray(feats, np.float32)
     if feats.ndim != 2:
         raise DataError(f"features file {path}: expected a 2-d (images, features) array, got shape {feats.shape}")
@@ -346,6 +400,7 @@ def load_features(
     rows = {int(i): k for k, i in enumerate(ids.tolist())}
     if len(rows) != len(ids):
         raise DataError(f"features file {path}: {len(ids) - len(rows)} duplicate image ids")
+    _check_finite_rows(path, feats, rows, required_ids)
     if required_ids is not None:
         lacking = [i for i in required_ids if i not in rows]
         if lacking:
@@ -354,6 +409,21 @@ def load_features(
                 f"images have no features (e.g. ids {lacking[:_EXAMPLES]}; the file has {len(rows)} ids, e.g. {list(rows)[:_EXAMPLES]})"
             )
     return rows, feats
+
+
+def _check_finite_rows(path: Path, feats: np.ndarray, rows: Mapping[int, int], required_ids: Sequence[int] | None) -> None:
+    # NaN or inf in a row that training will read: found now, not when a batch reaches it.
+    bad_rows = np.flatnonzero(~np.isfinite(feats).all(axis=1))
+    if bad_rows.size == 0:
+        return
+    ids = {k: i for i, k in rows.items()}
+    needed = None if required_ids is None else set(required_ids)
+    bad = [ids[int(k)] for k in bad_rows if int(k) in ids and (needed is None or ids[int(k)] in needed)]
+    if bad:
+        raise DataError(
+            f"features file {path}: {len(bad)} images have NaN or inf features (e.g. ids {bad[:_EXAMPLES]}); "
+            f"recompute their features or remove those images from the splits"
+        )
 
 
 def _load_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:

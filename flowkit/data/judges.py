@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -413,25 +412,20 @@ def get_attribute_classifier(
         >>> clf.metrics["scene"] > 0.9  # doctest: +SKIP
         True
     """
+    from flowkit.training.checkpoint import _atomic_write, read_cache
+
     cfg = config or ClassifierConfig()
     path = cache_dir() / f"attribute_classifier-{cfg.key()}.pt"
-    if cache and path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = read_cache(path) if cache else None
+    if blob is not None:
         model = AttributeClassifier(int(blob["config"]["width"]))
         model.load_state_dict(blob["state_dict"])
         model.metrics = dict(blob["metrics"])
         return model.eval()
     model = train_attribute_classifier(cfg, progress=progress)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "metrics": dict(model.metrics)}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        state = {"state_dict": model.state_dict(), "config": asdict(cfg), "metrics": dict(model.metrics)}
+        _atomic_write(path, lambda f: torch.save(state, f))
     return model
 
 

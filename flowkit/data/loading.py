@@ -3,6 +3,7 @@ r"""One entry point from data on disk (or the embedded shapes) to training-ready
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,8 +239,8 @@ def load_caption_data(
     train_captions = [c for r in splits["train"] for c in r.captions]
     if not train_captions:
         raise DataError(f"the training split has no images (source={source!r}, root={root})")
+    pairs = _pairs_with_words(splits["train"], source, root)
     vocab = Vocabulary.build(train_captions, threshold=vocab_threshold)
-    pairs = [(r.image_id, c) for r in splits["train"] for c in r.captions]
     return CaptionData(
         vocab=vocab,
         train=PairDataset(images, pairs, vocab, max_len),
@@ -252,6 +253,28 @@ def load_caption_data(
         image_kind=kind,
         max_len=max_len,
     )
+
+
+def _pairs_with_words(records: Sequence[ImageRecord], source: str, root: Any) -> list[tuple[int, str]]:
+    r"""The training pairs whose caption has a word; empty or punctuation-only captions would
+    train as ``<start><end>``: they are dropped with a warning (an error when all are)."""
+    from flowkit.data.vocab import tokenize
+
+    pairs = [(r.image_id, c) for r in records for c in r.captions]
+    kept = [(i, c) for i, c in pairs if tokenize(c)]
+    if not kept:
+        raise DataError(
+            f"none of the {len(pairs)} training captions has a word (all are empty or punctuation; source={source!r}, "
+            f"root={root}): check the 'caption' fields of the training annotations"
+        )
+    if len(kept) < len(pairs):
+        empty = [(i, c) for i, c in pairs if not tokenize(c)]
+        warnings.warn(
+            f"{len(empty)} of {len(pairs)} training captions have no word (empty or punctuation only, e.g. "
+            f"{[f'image {i}: {c!r}' for i, c in empty[:3]]}); they are left out of training",
+            stacklevel=3,
+        )
+    return kept
 
 
 def _check_image_files(splits: Mapping[str, Sequence[ImageRecord]]) -> None:

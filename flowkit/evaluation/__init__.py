@@ -41,6 +41,7 @@ from flowkit.evaluation.text_to_image import encode_captions_text, evaluate_text
 __all__ = [
     "CAPTION_METRICS",
     "DATA_DEFAULTS",
+    "checkpoint_file",
     "data_options",
     "encode_captions_text",
     "encode_dataset_images",
@@ -63,7 +64,8 @@ __all__ = [
 ]
 
 
-def _checkpoint_file(checkpoint: str | os.PathLike[str]) -> Path:
+def checkpoint_file(checkpoint: str | os.PathLike[str]) -> Path:
+    r"""The checkpoint file of a run folder or checkpoint path (FileNotFoundError when absent)."""
     path = Path(checkpoint)
     if path.is_dir():
         target = path / "checkpoint.pt"
@@ -95,7 +97,7 @@ def load_model(checkpoint: str | os.PathLike[str], device: str | torch.device = 
     from flowkit.models import LNFMM, LNFMMConfig
     from flowkit.training import CheckpointError, load_checkpoint
 
-    ckpt = load_checkpoint(_checkpoint_file(checkpoint), map_location="cpu")
+    ckpt = load_checkpoint(checkpoint_file(checkpoint), map_location="cpu")
     try:
         config = LNFMMConfig.from_dict(dict(ckpt["config"]))
     except (TypeError, ValueError) as e:

@@ -79,6 +79,7 @@ class NflowsAsFlowkit(Transform):
     def __init__(self, transform: nn.Module, features: int, context_features: int = 0) -> None:
         super().__init__(features, context_features)
         self.transform = transform
+        self.accepts_any_context = context_features == 0  # 0 means "not checked" here
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         y, ladj = self.transform(x, context=context)

@@ -12,10 +12,13 @@ previous checkpoint untouched.
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import os
 import pickle
 import random
 import tempfile
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -31,6 +34,8 @@ __all__ = [
     "atomic_write_text",
     "get_rng_state",
     "load_checkpoint",
+    "pid_alive",
+    "read_cache",
     "save_checkpoint",
     "set_rng_state",
 ]
@@ -56,24 +61,84 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def pid_alive(pid: int) -> bool:
+    r"""Whether a process with this id runs on this machine (signal 0 probes without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    except (OSError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _remove_stale_temps(path: Path) -> None:
+    # A writer killed with SIGKILL cannot clean up: its ".NAME.PID.*.tmp" stays behind. Any
+    # temp file of this target whose writer is dead is removed before the next write.
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if not pid.isdigit() or not pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _write_error(path: Path, e: BaseException) -> OSError:
+    # torch.save reports a full disk as "PytorchStreamWriter failed writing file ...".
+    full = getattr(e, "errno", None) == errno.ENOSPC or "file write failed" in str(e) or "No space left" in str(e)
+    if full:
+        return OSError(errno.ENOSPC, f"cannot write '{path}': no space left on the device; free some space (or "
+                       f"write to another folder) and retry; the previous version of the file is intact")
+    return OSError(getattr(e, "errno", None) or errno.EIO, f"cannot write '{path}': {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+                   f"the previous version of the file is intact")
+
+
 def _atomic_write(path: str | os.PathLike, write: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         # Whatever went wrong (disk full, KeyboardInterrupt, a bad object), the target keeps
         # its previous content and no temporary file is left behind.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, (NotImplementedError, RecursionError)):
+            raise _write_error(path, e) from e
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def read_cache(path: str | os.PathLike) -> dict[str, Any] | None:
+    r"""A cache file written with :func:`torch.save` (``weights_only=True``), or None when it is
+    missing or unreadable; an unreadable one is named in a warning and removed (it is rebuilt).
+
+    Arguments:
+        path: The cache file.
+    """
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict):
+            raise TypeError(f"holds a {type(blob).__name__}, not a dict")
+        return blob
+    except Exception as e:  # truncated, garbage, or refused by weights_only
+        warnings.warn(f"cache file '{path}' is corrupt ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                      f"removing it and rebuilding", stacklevel=2)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
 
 
 _PLAIN = (str, int, float, bool, complex, bytes, type(None), torch.dtype, torch.device, torch.Size)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from flowkit.training.checkpoint import _atomic_write
+from flowkit.training.checkpoint import _atomic_write, read_cache
 
 __all__ = ["pretrain_shapes_encoder", "initialize_image_encoder", "attribute_targets"]
 
@@ -91,8 +91,9 @@ def pretrain_shapes_encoder(
             raise ValueError(f"pretrain_shapes_encoder: {name} must be a positive int, got {args[name]!r}")
     key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / f"shapes_encoder-{key}.pt"
-    if cache and path.is_file():
-        return dict(torch.load(path, map_location="cpu", weights_only=True)["trunk"])
+    blob = read_cache(path) if cache else None
+    if blob is not None and "trunk" in blob:
+        return dict(blob["trunk"])
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -20,7 +20,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -386,6 +386,13 @@ class Trainer:
         n = len(dataset)  # type: ignore[arg-type]
         if n == 0:
             raise ValueError("the training set is empty")
+        per_rank = -(-n // self.ctx.world_size)
+        if settings.batch_size > per_rank:
+            warnings.warn(
+                f"batch size {settings.batch_size} is larger than the {per_rank} training pairs per process: "
+                f"every step uses those {per_rank}; pass a batch size <= {per_rank} (or more data)",
+                stacklevel=2,
+            )
 
         # GAN: a separate Adam for the discriminator; its parameters are kept out of the
         # generator's groups.
@@ -503,6 +510,20 @@ class Trainer:
             raise NonFiniteLossError(step, floats, bad)
         return floats
 
+    @contextmanager
+    def _diverged_as_nonfinite(self, step: int, images: Tensor) -> Iterator[None]:
+        # Weights turned non-finite by the previous update make a layer refuse its NaN input;
+        # report that as the diverged run it is, with the hint, not as an input error.
+        from flowkit.transforms.base import InputError
+
+        try:
+            yield
+        except InputError as e:
+            if "NaN or inf" not in str(e) or not bool(torch.isfinite(images).all()):
+                raise
+            bad = [f"weights:{g['name']}" for g in self.optimizer.param_groups if not all(bool(torch.isfinite(p).all()) for p in g["params"])]
+            raise NonFiniteLossError(step, self.last_terms, bad or [f"activations ({e})"]) from e
+
     def _optimize(self, loss: Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, step: int, terms: dict[str, float], reduce: Sequence[nn.Parameter] = ()) -> None:
         scaler.scale(loss).backward()
         all_reduce_gradients(reduce, self.ctx.world_size)
@@ -541,7 +562,7 @@ class Trainer:
             params_d = [p for g in self.optimizer_d.param_groups for p in g["params"]]
             self._optimize(d_loss, self.optimizer_d, self.scaler_d, step, d_floats, reduce=params_d)
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self._autocast(), self._diverged_as_nonfinite(step, images):
             out = self.net(images, captions, **kwargs)
         if not isinstance(out, Mapping) or "loss" not in out:
             raise TypeError(f"{type(self.module).__name__} must return a dict with a scalar 'loss', got {type(out).__name__}")
@@ -815,12 +836,16 @@ def train(
         from flowkit.training.pretraining import initialize_image_encoder
 
         initialize_image_encoder(model, progress=settings.progress)
+    from flowkit.training.safety import RunLock
+
     vocab = data.vocab.to_dict() if hasattr(data.vocab, "to_dict") else None
     trainer = Trainer(model, data.train, settings, out=out, config=config, vocab=vocab, meta=meta, validate=validate)
+    lock = RunLock(out) if out is not None and trainer.ctx.is_main else nullcontext()
     try:
-        if resume is not None:
-            trainer.load(resume)
-        trainer.fit()
+        with lock:  # one training process per run folder (re-entrant under flowkit train)
+            if resume is not None:
+                trainer.load(resume)
+            trainer.fit()
     finally:
         trainer.close()
     return trainer

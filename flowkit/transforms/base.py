@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Transform", "InputError", "repeat_context"]
+__all__ = ["Transform", "InputError", "repeat_context", "check_values"]
 
 
 class InputError(ValueError):
@@ -63,6 +63,49 @@ def inner_calls() -> Iterator[None]:
 
 def _inner() -> bool:
     return getattr(_validation, "inner", False)
+
+
+def param_dtype(module: nn.Module) -> torch.dtype | None:
+    r"""The dtype of a module's first floating-point parameter (None without one), cached.
+
+    The cache lives in the module's ``__dict__`` and :meth:`Transform._apply` (``.double()``,
+    ``.to(...)``) clears it, so the per-call cost is one dict look-up.
+    """
+    cached = module.__dict__.get("_flowkit_param_dtype", _UNSET)
+    if cached is _UNSET:
+        cached = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+        module.__dict__["_flowkit_param_dtype"] = cached
+    return cached
+
+
+_UNSET = object()
+
+
+def check_values(owner: str, x: Tensor, context: Tensor | None, name: str = "x", module: nn.Module | None = None) -> None:
+    r"""The once-per-chain input checks: a floating dtype that matches the layer's parameters,
+    a non-empty batch, no context for an unconditional layer, and finite values.
+
+    Skipped while ``torch.compile`` traces and inside a chain that already ran them.
+    """
+    if _is_compiling() or _inner():
+        return
+    if not x.is_floating_point():
+        raise InputError(f"{owner}: {name} must be a floating-point tensor, got {x.dtype}; convert it with {name}.float()")
+    if module is not None:
+        dtype = param_dtype(module)
+        if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+            raise InputError(
+                f"{owner}: {name} is {x.dtype} but the layer's parameters are {dtype}; convert the input "
+                f"({name}.to({dtype})) or the layer (layer.to({x.dtype}))"
+            )
+        if context is not None and not (getattr(module, "context_features", 0) or getattr(module, "accepts_any_context", False)):
+            raise InputError(
+                f"{owner} is unconditional (context_features=0) but got a context, which it would ignore; "
+                f"pass context=None, or build the layer with context_features={context.shape[-1] if context.dim() else '?'}"
+            )
+    if x.dim() >= 1 and x.shape[0] == 0:
+        raise InputError(f"{owner}: {name} is an empty batch (0 rows); pass at least one row")
+    check_finite(owner, x, context, name)
 
 
 def check_finite(owner: str, x: Tensor, context: Tensor | None, name: str = "x") -> None:
@@ -145,6 +188,10 @@ class Transform(nn.Module):
     #: ``B * S`` rows (see the class docstring).
     shares_context: bool = False
 
+    #: Whether a context is accepted although ``context_features == 0`` (a wrapper that cannot
+    #: tell, e.g. of an nflows transform); otherwise an unconditional layer refuses a context.
+    accepts_any_context: bool = False
+
     # -- validation -------------------------------------------------------------------------
     def _check(self, x: Tensor, context: Tensor | None, name: str = "x", repeats: int = 1) -> None:
         if _is_compiling():
@@ -170,7 +217,7 @@ class Transform(nn.Module):
                     f"{type(self).__name__}: expected context of shape ({rows}, {self.context_features}){per}, "
                     f"got {tuple(context.shape)}"
                 )
-        check_finite(type(self).__name__, x, context if self.context_features > 0 else None, name)
+        check_values(type(self).__name__, x, context, name, self)
 
     # -- protocol ---------------------------------------------------------------------------
     def forward(self, x: Tensor, context: Tensor | None = None, *, context_repeats: int = 1) -> tuple[Tensor, Tensor]:
@@ -192,6 +239,11 @@ class Transform(nn.Module):
         if repeats != 1 and context is not None and not self.shares_context:
             context = repeat_context(context, repeats)
         return context
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # .to()/.double()/.half() change the parameters' dtype: forget the cached one.
+        self.__dict__.pop("_flowkit_param_dtype", None)
+        return super()._apply(fn, recurse)
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:  # abstract
         raise NotImplementedError

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from torch import Tensor, nn
 
-from flowkit.transforms.base import Transform, _is_compiling, apply_transform, check_finite, check_repeats, inner_calls
+from flowkit.transforms.base import InputError, Transform, _is_compiling, apply_transform, check_repeats, check_values, inner_calls
 
 __all__ = ["Sequential", "Inverse"]
 
@@ -56,6 +56,8 @@ class Sequential(Transform):
         feats = [f for f in map(_features, self.transforms) if f is not None]
         self.features = feats[0] if feats else None  # type: ignore[assignment]
         self.context_features = max([getattr(t, "context_features", 0) or 0 for t in self.transforms], default=0)
+        # A child that cannot tell whether it takes a context (nflows) lets the chain accept one.
+        self.accepts_any_context = any(not isinstance(t, Transform) or t.accepts_any_context for t in self.transforms)
 
     shares_context = True  # hands the shared context on; each child decides what to do with it
 
@@ -70,7 +72,9 @@ class Sequential(Transform):
             return self._chain(x, context, repeats, inverse)
         name = "y" if inverse else "x"
         check_repeats(type(self).__name__, x.shape[0] if isinstance(x, Tensor) and x.dim() else 0, context, repeats)
-        check_finite(type(self).__name__, x, context, name=name)
+        if not isinstance(x, Tensor):
+            raise InputError(f"{type(self).__name__}: {name} must be a torch.Tensor, got {type(x).__name__}")
+        check_values(type(self).__name__, x, context, name, self)
         with inner_calls():  # the children keep their shape checks, not the NaN scan
             return self._chain(x, context, repeats, inverse)
 

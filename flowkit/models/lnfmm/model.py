@@ -188,7 +188,21 @@ class LNFMM(nn.Module):
             raise LNFMMInputError(f"{name} must be floating point, got {images.dtype}")
         if not torch.isfinite(images).all():
             raise LNFMMInputError(f"{name} contain NaN or inf")
+        self._check_image_values(images, name)
         return images.shape[0]
+
+    def _check_image_values(self, images: Tensor, name: str) -> None:
+        # The dtype of the weights (unless autocast casts) and, for pixels, the documented [0, 1].
+        dtype = next(self.parameters()).dtype
+        if images.dtype != dtype and not torch.is_autocast_enabled(images.device.type):
+            raise LNFMMInputError(f"{name} are {images.dtype} but the model is {dtype}: pass {name}.to({dtype}) (or convert the model)")
+        if self.config.pixels:
+            lo, hi = torch.aminmax(images)
+            if float(lo) < 0.0 or float(hi) > 1.0:
+                raise LNFMMInputError(
+                    f"{name}: pixels must be in [0, 1], got values in [{float(lo):.4g}, {float(hi):.4g}]"
+                    + ("; divide 8-bit pixels by 255" if float(hi) > 1.0 else "")
+                )
 
     def _check_captions(self, captions: Tensor, name: str = "captions") -> int:
         cfg = self.config
