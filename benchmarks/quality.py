@@ -104,6 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--task", choices=["frontier", "ablations"], default="ablations", help="the accuracy-coverage frontier of LNFMM and its baselines, or the pixel ablation table")
     p.add_argument("--models", nargs="+", choices=list(FRONTIER_MODELS), default=list(FRONTIER_MODELS), help="frontier: models to compare")
     p.add_argument("--figure", default="docs/img/frontier_captioning.png", help="frontier: the PNG")
+    p.add_argument("--combine", nargs="+", metavar="DIR", default=None, help="frontier: merge the frontier.json of earlier runs (e.g. one per seed) instead of training")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["lnfmm", "cvae", "mse", "txt"], help="ablations: models to compare")
     p.add_argument("--steps", type=int, default=None, help="training steps per model (default: 1500 for ablations, the recipe's for the frontier)")
     p.add_argument("--batch-size", type=int, default=32, help="pairs per step")
@@ -195,10 +196,8 @@ def equal_accuracy_ratios(curves: dict[str, list[list[FrontierPoint]]]) -> list[
     return lines
 
 
-def run_frontier(args: argparse.Namespace) -> int:
-    progress = not args.no_progress
-    start = time.perf_counter()
-    out = Path(args.out)
+def train_frontier(args: argparse.Namespace, progress: bool) -> dict[str, list[list[FrontierPoint]]]:
+    r"""Trains each model once per seed on the same data and budget; returns its frontier points."""
     data, scenes = frontier_data(args, progress)
     curves: dict[str, list[list[FrontierPoint]]] = {}
     for name in args.models:
@@ -209,18 +208,35 @@ def run_frontier(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             steps = args.steps or recipe.steps
             settings = TrainSettings(steps=steps, batch_size=recipe.batch_size, seed=seed, progress=progress, log_every=50)
-            trainer = train(recipe.config, data, settings, out=out / f"{name}_seed{seed}", meta={"preset": recipe.name})
+            trainer = train(recipe.config, data, settings, out=Path(args.out) / f"{name}_seed{seed}", meta={"preset": recipe.name})
             model = trainer.module.cpu().eval()
             points = caption_frontier(model, data, settings_list, scenes, num_samples=args.num_samples, limit=args.test_images, seed=seed)
             curves[name].append(points)
             print(f"== {FRONTIER_MODELS[name]}, seed {seed}, {steps} steps ({time.perf_counter() - t0:.0f}s): "
                   + "; ".join(f"{p.label} {p.accuracy:.3f}/{p.coverage:.4f}" for p in points), flush=True)
+    return curves
+
+
+def load_frontiers(folders: list[str]) -> dict[str, list[list[FrontierPoint]]]:
+    r"""Merges the ``frontier.json`` of runs made separately (e.g. one process per seed)."""
+    curves: dict[str, list[list[FrontierPoint]]] = {}
+    for folder in folders:
+        for name, runs in json.loads((Path(folder) / "frontier.json").read_text()).items():
+            curves.setdefault(name, []).extend([[FrontierPoint(**p) for p in run] for run in runs])
+    return curves
+
+
+def run_frontier(args: argparse.Namespace) -> int:
+    progress = not args.no_progress
+    start = time.perf_counter()
+    out = Path(args.out)
+    curves = load_frontiers(args.combine) if args.combine else train_frontier(args, progress)
     png = plot_frontier({FRONTIER_MODELS[k]: v for k, v in curves.items()}, Path(args.figure),
-                        title=f"shapes data, {args.test_images} test images x {args.num_samples} samples, seeds {args.seeds}")
+                        title=f"shapes data, {args.test_images} test images x {args.num_samples} samples, {len(next(iter(curves.values())))} seeds")
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s)"
     md = "\n".join([
         f"Command: `python benchmarks/quality.py {' '.join(sys.argv[1:])}`  ",
-        f"Machine: {machine}; total {time.perf_counter() - start:.0f}s. Budget per model and seed: {args.steps or 'the recipe'} steps.  ",
+        f"Machine: {machine}; {time.perf_counter() - start:.0f}s. Budget per model and seed: {args.steps or 'the recipe'} steps.  ",
         "", frontier_table(curves), "", *equal_accuracy_ratios(curves), "", f"![frontier]({png})",
     ])
     out.mkdir(parents=True, exist_ok=True)

@@ -402,3 +402,24 @@ def test_caption_validator_reports_the_learning_curve_keys(tiny_data):
     assert metrics["scale_to_noise"] == pytest.approx(metrics["scale_text"] / metrics["noise"])
     with pytest.raises(ValueError, match="scenes"):
         caption_validator(type("D", (), {"scenes": None})())
+
+
+def test_cosine_schedule_follows_the_step_and_resumes_exactly(tmp_path):
+    straight = _toy_trainer(tmp_path / "a", steps=6, lr_schedule="cosine")
+    straight.fit()
+    rows = read_csv_log(tmp_path / "a")
+    # the log's lr is the largest group's (encoder, 1e-2) at each step t of T=6
+    expected = [1e-2 * 0.5 * (1 + math.cos(math.pi * (t - 1) / 6)) for t in range(1, 7)]
+    assert [r["lr"] for r in rows] == pytest.approx(expected, rel=1e-5)
+    _toy_trainer(tmp_path / "b", steps=6, lr_schedule="cosine").fit(steps=3)  # a run of 6 stopped at 3
+    # resumed: the schedule is a function of the step and the planned total, so bit-identical
+    torch.manual_seed(12345), np.random.seed(7), random.seed(7)
+    second = _toy_trainer(tmp_path / "b", steps=6, lr_schedule="cosine")
+    second.load(tmp_path / "b")
+    second.fit()
+    _assert_same_state(straight.module.state_dict(), second.module.state_dict())
+    other = _toy_trainer(tmp_path / "b", steps=8)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        other.load(tmp_path / "b")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _settings(lr_schedule="linear")

@@ -121,7 +121,7 @@ def plot_frontier(
         >>> plot_frontier({"LNFMM": [[p]]}, "frontier.png")
         PosixPath('frontier.png')
     """
-    from flowkit.evaluation.plots import _plt
+    from flowkit.evaluation.plots import _plt, save_figure
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -144,9 +144,4 @@ def plot_frontier(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

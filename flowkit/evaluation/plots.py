@@ -25,6 +25,16 @@ def _plt():  # type: ignore[no-untyped-def]
     return plt
 
 
+def save_figure(fig, path: str | os.PathLike[str], dpi: int = 100) -> Path:  # type: ignore[no-untyped-def]
+    r"""Lays out a matplotlib figure, saves it as a PNG (creating the folder) and closes it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    return path
+
+
 def _hwc(image: Tensor):  # type: ignore[no-untyped-def]
     return image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
 
@@ -69,12 +79,7 @@ def plot_captions(
             ax_txt.text(0.0, 0.0, "reference: " + references[row][0], va="bottom", ha="left", fontsize=7, color="0.45", transform=ax_txt.transAxes)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_image_grid(
@@ -113,9 +118,4 @@ def plot_image_grid(
             axes[r][0].set_title("\n".join(textwrap.wrap(captions[r], 12 * s)), fontsize=8, loc="left")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

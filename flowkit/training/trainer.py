@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 # Settings that change what a step computes: a resume with other values cannot be exact.
-RESUME_KEYS: tuple[str, ...] = ("batch_size", "seed", "labeled_fraction")
+RESUME_KEYS: tuple[str, ...] = ("batch_size", "seed", "labeled_fraction", "lr_schedule")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -112,6 +112,10 @@ class TrainSettings:
             leaves some trainable parameters without a gradient in a step (LNFMM does not).
         validate_every: Run the trainer's ``validate`` function every that many steps (and
             at the last step) and write its metrics to ``validation.csv`` (0: never).
+        lr_schedule: ``"constant"``, or ``"cosine"``: every group's learning rate follows
+            :math:`\mathrm{lr}_0 \cdot \tfrac12 (1 + \cos(\pi (t - 1) / T))` at step
+            :math:`t` of :math:`T` = ``steps`` (a pure function of the step, so resume stays
+            exact; resuming with other ``steps`` stretches the curve from there on).
 
     Example:
         >>> TrainSettings(steps=100, batch_size=16, seed=1).to_dict()["steps"]
@@ -131,6 +135,7 @@ class TrainSettings:
     num_workers: int = 0
     find_unused_parameters: bool = False
     validate_every: int = 0
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         errors = []
@@ -144,6 +149,8 @@ class TrainSettings:
                 errors.append(f"{name} must be a positive int, got {v!r}")
         if not isinstance(self.labeled_fraction, (int, float)) or not 0.0 < self.labeled_fraction <= 1.0:
             errors.append(f"labeled_fraction must be in (0, 1], got {self.labeled_fraction!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            errors.append(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.log not in ("csv", "tensorboard", "both"):
             errors.append(f"log must be 'csv', 'tensorboard' or 'both', got {self.log!r}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
@@ -404,6 +411,8 @@ class Trainer:
         self.groups = _generator_groups(model, {id(p) for p in d_params})
         self.optimizer = torch.optim.Adam(self.groups)
         self.groups = self.optimizer.param_groups
+        for g in self.groups:
+            g.setdefault("base_lr", g["lr"])  # the schedule scales this; saved with the optimizer
         self.optimizer_d: torch.optim.Optimizer | None = None
         if self.gan:
             if hasattr(model, "discriminator_group"):
@@ -451,8 +460,8 @@ class Trainer:
         seed_everything(derive_seed(settings.seed, self.ctx.rank, 0x7EA1))
 
     def base_lr(self) -> float:
-        r"""The largest learning rate of the generator's groups (``config.lr`` for LNFMM), the
-        ``lr`` column of the logs."""
+        r"""The largest current learning rate of the generator's groups (``config.lr`` for
+        LNFMM, times the schedule's factor), the ``lr`` column of the logs."""
         return max(float(g["lr"]) for g in self.optimizer.param_groups)
 
     # -- data -------------------------------------------------------------------------------
@@ -734,6 +743,7 @@ class Trainer:
             while self.step < total:
                 epoch, index, batch = next(batches)
                 t0 = time.perf_counter()
+                self._schedule_lr(self.step + 1, self.settings.steps)
                 terms = self.train_step(batch)
                 if fresh and self.ctx.distributed:
                     # Data-dependent initializations (ActNorm) ran on each rank's own batch.
@@ -768,6 +778,13 @@ class Trainer:
             if ok:
                 barrier(self.ctx)
         return dict(self.last_terms)
+
+    def _schedule_lr(self, step: int, total: int) -> None:
+        if self.settings.lr_schedule == "constant":
+            return
+        factor = 0.5 * (1.0 + math.cos(math.pi * (step - 1) / max(total, 1)))
+        for g in self.optimizer.param_groups:  # not self.groups: loading a checkpoint replaces the dicts
+            g["lr"] = g["base_lr"] * factor
 
     def _validation_due(self, total: int) -> bool:
         every = self.settings.validate_every
