@@ -207,7 +207,8 @@ def train_frontier(args: argparse.Namespace, progress: bool) -> dict[str, list[l
         for seed in args.seeds:
             t0 = time.perf_counter()
             steps = args.steps or recipe.steps
-            settings = TrainSettings(steps=steps, batch_size=recipe.batch_size, seed=seed, progress=progress, log_every=50)
+            budget = {**recipe.settings(), "steps": steps, "validate_every": 0}
+            settings = TrainSettings(**budget, seed=seed, progress=progress, log_every=50)
             trainer = train(recipe.config, data, settings, out=Path(args.out) / f"{name}_seed{seed}", meta={"preset": recipe.name})
             model = trainer.module.cpu().eval()
             points = caption_frontier(model, data, settings_list, scenes, num_samples=args.num_samples, limit=args.test_images, seed=seed)

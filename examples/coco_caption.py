@@ -108,7 +108,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         data = load_caption_data("coco", root=root, features=args.features, split_scheme="karpathy", progress=progress)
         meta = {"data": "coco", "coco_root": str(root), "features": args.features, "split_scheme": "karpathy"}
         return dict(data=data, root=root, scenes=None, config=LNFMMConfig.paper(), preset="paper", steps=args.steps or 100000,
-                    batch_size=args.batch_size or 128, meta=meta, validate_every=0)
+                    batch_size=args.batch_size or 128, meta=meta, validate_every=0, lr_schedule="constant")
     sizes = dict(TINY["sizes"]) if args.tiny else {**DEFAULT_SIZES, "train": args.train_images}
     t0 = time.perf_counter()
     root = export_shapes(args, sizes)
@@ -119,7 +119,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         config = LNFMMConfig.small(image_encoder_init_steps=TINY["pretrain_steps"]) if args.tiny else LNFMMConfig.small()
         data = load_caption_data("coco", root=root, split_scheme="coco", progress=progress)
         meta = {"data": "coco", "coco_root": str(root), "features": None, "split_scheme": "coco"}
-        steps, batch_size, every, preset = 1500, 32, 500, "small"
+        steps, batch_size, every, preset, schedule = 1500, 32, 500, "small", "constant"
     else:
         t0 = time.perf_counter()
         trunk = shapes_trunk_features(train_size=TINY["trunk_images"] if args.tiny else 3000, progress=progress)
@@ -129,10 +129,11 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         recipe = captioning_recipe()
         meta = {"data": "coco", "coco_root": str(root), "features": str(features), "split_scheme": "coco"}
         config, steps, batch_size, every, preset = recipe.config, recipe.steps, recipe.batch_size, recipe.validate_every, "captioning"
+        schedule = recipe.lr_schedule
     if args.tiny:
         steps, batch_size, every = TINY["steps"], TINY["batch_size"], 10
     return dict(data=data, root=root, scenes=scenes, config=config, preset=preset, steps=args.steps or steps,
-                batch_size=args.batch_size or batch_size, meta=meta, validate_every=every)
+                batch_size=args.batch_size or batch_size, meta=meta, validate_every=every, lr_schedule=schedule)
 
 
 def pixels_of(root: Path, ids: list[int]) -> torch.Tensor:
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = out / "run"
     validate = caption_validator(data, scenes) if scenes is not None and run["validate_every"] else None
     settings = TrainSettings(steps=steps, batch_size=batch_size, seed=args.seed, progress=progress, log_every=10,
-                             validate_every=run["validate_every"] if validate else 0)
+                             validate_every=run["validate_every"] if validate else 0, lr_schedule=run["lr_schedule"])
     t0 = time.perf_counter()
     trainer = train(run["config"], data, settings, out=run_dir, meta={"data": run["meta"], "preset": run["preset"]}, validate=validate)
     train_s = time.perf_counter() - t0
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "data": f"COCO at {run['root']}" if args.coco_root else f"embedded shapes data exported to COCO format at {run['root']}, loaded with pycocotools",
         "model": model_name,
-        "training": f"{steps} steps, batch {batch_size}, seed {args.seed}, {train_s:.0f}s",
+        "training": f"{steps} steps, batch {batch_size}, {run['lr_schedule']} learning rate, seed {args.seed}, {train_s:.0f}s",
         "evaluation": f"{results['num_images']} test images x {num_samples} samples, {eval_s:.0f}s",
         "checkpoint": str(run_dir),
         "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s), flowkit {flowkit.__version__}",

@@ -12,12 +12,12 @@ the runs are in ``docs/lnfmm.md``.
     from flowkit.training import TrainSettings, train
 
     recipe = captioning_recipe()
-    settings = TrainSettings(steps=recipe.steps, batch_size=recipe.batch_size)
-    trainer = train(recipe.config, data, settings, out="runs/caption")
+    trainer = train(recipe.config, data, TrainSettings(**recipe.settings()), out="runs/caption")
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ class Recipe:
         batch_size: Pairs per step.
         image_input: ``"features"`` (pre-extracted, the paper's route) or ``"pixels"``.
         validate_every: Steps between validation rows of the learning curve.
+        lr_schedule: The engine's learning-rate schedule (``TrainSettings.lr_schedule``).
     """
 
     name: str
@@ -46,6 +47,11 @@ class Recipe:
     batch_size: int
     image_input: str
     validate_every: int = 500
+    lr_schedule: str = "constant"
+
+    def settings(self) -> dict[str, Any]:
+        r"""The budget as keyword arguments of :class:`flowkit.training.TrainSettings`."""
+        return {"steps": self.steps, "batch_size": self.batch_size, "validate_every": self.validate_every, "lr_schedule": self.lr_schedule}
 
 
 def captioning_recipe(**overrides: Any) -> Recipe:
@@ -77,8 +83,7 @@ def captioner_baseline(**overrides: Any) -> Recipe:
     zero = dict(lambda_kl_t=0.0, lambda_kl_v=0.0, lambda_logdet=0.0, lambda_align=0.0, lambda_rec_t=0.0, lambda_rec_v=0.0)
     base: dict[str, Any] = dict(text_specific_dim=0, lambda_cross_t=1.0, image_encoder_lr=2e-3, notes={"preset": "captioner baseline"}, **zero)
     base.update(overrides)
-    recipe = captioning_recipe(**base)
-    return Recipe("captioner", recipe.config, recipe.steps, recipe.batch_size, recipe.image_input, recipe.validate_every)
+    return dataclasses.replace(captioning_recipe(**base), name="captioner")
 
 
 def cvae_baseline(**overrides: Any) -> Recipe:
@@ -94,8 +99,7 @@ def cvae_baseline(**overrides: Any) -> Recipe:
     """
     base: dict[str, Any] = dict(prior="gaussian", kl_free_nats=3.0, notes={"preset": "cvae baseline"})
     base.update(overrides)
-    recipe = captioning_recipe(**base)
-    return Recipe("cvae", recipe.config, recipe.steps, recipe.batch_size, recipe.image_input, recipe.validate_every)
+    return dataclasses.replace(captioning_recipe(**base), name="cvae")
 
 
 RECIPES = {"captioning": captioning_recipe, "captioner": captioner_baseline, "cvae": cvae_baseline}
