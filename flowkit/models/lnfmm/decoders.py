@@ -82,6 +82,54 @@ class TextDecoder(nn.Module):
         h, state = self.lstm(torch.cat([emb, latent.unsqueeze(1)], dim=-1), state)
         return F.log_softmax(self.out(h.squeeze(1)), dim=-1), state
 
+    # -- the decoding fast path (used by greedy/sample/beam decoding) ---------------------------
+    def decoding_weights(self, latent: Tensor) -> tuple[Tensor, Tensor]:
+        r"""What is constant per sequence, computed once before a decoding loop.
+
+        The LSTM's input weight splits into a word-embedding part and a latent part. Returns
+        the latent's share of the gates plus both biases, :math:`W_{ih}^{lat} z + b_{ih} + b_{hh}`
+        (N, 4H), and the step weight :math:`[W_{ih}^{emb}, W_{hh}]` (4H, E + H) that
+        :meth:`fast_step` applies to :math:`[e(w_{t-1}), h_{t-1}]` in a single matmul.
+
+        Example:
+            >>> dec = TextDecoder(10, 6, 8, 16)
+            >>> [t.shape for t in dec.decoding_weights(torch.randn(3, 6))]
+            [torch.Size([3, 64]), torch.Size([64, 24])]
+        """
+        e = self.embedding.embedding_dim
+        w_ih = self.lstm.weight_ih_l0
+        bias = self.lstm.bias_ih_l0 + self.lstm.bias_hh_l0 if self.lstm.bias else None
+        lat_gates = F.linear(latent.to(w_ih.dtype), w_ih[:, e:], bias)
+        w_step = torch.cat([w_ih[:, :e], self.lstm.weight_hh_l0], dim=1)
+        return lat_gates, w_step
+
+    def fast_step(
+        self, tokens: Tensor, lat_gates: Tensor, w_step: Tensor, h: Tensor, c: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        r"""One step of :meth:`step` without the log-softmax, on :meth:`decoding_weights`.
+
+        Two matmuls per step: the gates over :math:`[e(w), h]` and the output layer. Equals
+        :meth:`step` (an ``nn.LSTM`` call) to float tolerance.
+
+        Returns:
+            The logits (N, V) and the new (h, c), each (N, H).
+
+        Example:
+            >>> dec = TextDecoder(10, 6, 8, 16)
+            >>> lat, w = dec.decoding_weights(torch.randn(3, 6))
+            >>> h = c = torch.zeros(3, 16)
+            >>> logits, h, c = dec.fast_step(torch.ones(3, dtype=torch.long), lat, w, h, c)
+            >>> logits.shape, h.shape
+            (torch.Size([3, 10]), torch.Size([3, 16]))
+        """
+        x = torch.cat([self.embedding(tokens), h], dim=1)
+        gates = torch.addmm(lat_gates, x, w_step.t())
+        n = self.hidden
+        s = torch.sigmoid(gates)
+        c = s[:, n : 2 * n] * c + s[:, :n] * torch.tanh(gates[:, 2 * n : 3 * n])
+        h = s[:, 3 * n :] * torch.tanh(c)
+        return F.linear(h, self.out.weight, self.out.bias), h, c
+
 
 class FeatureDecoder(nn.Module):
     r"""An MLP :math:`[z_s, z'_v] \mapsto` image features (the "features" encoder's target).

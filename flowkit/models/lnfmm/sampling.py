@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor
 
@@ -70,27 +71,37 @@ def sample_decode(
         raise ValueError(f"max_len must be >= 2 (start and end), got {max_len}")
     if not isinstance(temperature, (int, float)) or not temperature >= 0:
         raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
-    n = latent.shape[0]
-    out = torch.full((n, max_len), PAD, dtype=torch.long, device=latent.device)
+    n, device = latent.shape[0], latent.device
+    out = torch.full((n, max_len), PAD, dtype=torch.long, device=device)
     out[:, 0] = START
-    done = torch.zeros(n, dtype=torch.bool, device=latent.device)
-    state = None
+    # constant per sequence: the latent's share of the gates, computed once
+    lat, w_step = decoder.decoding_weights(latent)
+    h = lat.new_zeros(n, decoder.hidden)
+    c = lat.new_zeros(n, decoder.hidden)
+    rows = torch.arange(n, device=device)  # the sequences still being decoded
     tokens = out[:, 0]
-    for t in range(1, max_len):
-        logp, state = decoder.step(tokens, latent, state)
-        logp[:, PAD] = -torch.inf  # pad is never a word; it only fills after end
-        if t == max_len - 1:
-            nxt = torch.full_like(tokens, END)  # truncate: every caption ends within max_len
-        elif temperature == 0:
-            nxt = logp.argmax(dim=-1)
+    for t in range(1, max_len - 1):  # the last position is a forced end: no step needed
+        logits, h, c = decoder.fast_step(tokens, lat, w_step, h, c)
+        if temperature == 0:
+            logits[:, PAD] = -torch.inf  # pad is never a word; it only fills after end
+            nxt = logits.argmax(dim=-1)
         else:
+            logp = F.log_softmax(logits, dim=-1)
+            logp[:, PAD] = -torch.inf
             probs = torch.softmax(logp / temperature, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        out[:, t] = torch.where(done, torch.full_like(nxt, PAD), nxt)
-        done |= nxt == END
+            # torch.multinomial(probs, 1) is argmax(probs / q), q ~ Exp(1) over (N, V); the
+            # draw covers all N rows, finished ones too, so the tokens for a seed are those
+            # of a decoder that keeps every row in the batch
+            q = torch.empty((n, probs.shape[1]), dtype=probs.dtype, device=device).exponential_(1, generator=generator)
+            nxt = (probs / q[rows]).argmax(dim=-1)
+        out[rows, t] = nxt
+        live = nxt != END
+        if not bool(live.all()):  # drop finished sequences from the batch
+            rows, nxt, lat, h, c = rows[live], nxt[live], lat[live], h[live], c[live]
+            if rows.numel() == 0:
+                return out
         tokens = nxt
-        if bool(done.all()):
-            break
+    out[rows, max_len - 1] = END  # truncate: every caption ends within max_len
     return out
 
 
@@ -120,40 +131,54 @@ def beam_search(decoder: TextDecoder, latent: Tensor, max_len: int, beam_width: 
     if beam_width < 1:
         raise ValueError(f"beam_width must be >= 1, got {beam_width}")
     n, k, device = latent.shape[0], beam_width, latent.device
-    lat = repeat(latent, "n z -> (n k) z", k=k)
+    lat, w_step = decoder.decoding_weights(latent)
+    lat = repeat(lat, "n g -> (n k) g", k=k)  # the latent is constant per sequence and beam
+    out = torch.full((n, max_len), PAD, dtype=torch.long, device=device)
     seqs = torch.full((n, k, max_len), PAD, dtype=torch.long, device=device)
     seqs[:, :, 0] = START
     # only the first beam is live at the start, so the K beams do not duplicate one prefix
     scores = torch.full((n, k), -torch.inf, device=device)
     scores[:, 0] = 0.0
     done = torch.zeros(n, k, dtype=torch.bool, device=device)
-    state: tuple[Tensor, Tensor] | None = None
+    h = lat.new_zeros(n * k, decoder.hidden)
+    c = lat.new_zeros(n * k, decoder.hidden)
     tokens = seqs[:, :, 0].reshape(-1)
+    ns = torch.arange(n, device=device)  # the sequences still being searched
+    v = decoder.vocab_size
     for t in range(1, max_len):
-        logp, state = decoder.step(tokens, lat, state)
-        logp = rearrange(logp, "(n k) v -> n k v", k=k).clone()
-        v = logp.shape[-1]
-        logp[..., PAD] = -torch.inf
+        m = ns.numel()
+        flat_done = done.reshape(-1)
+        logp = torch.full((m * k, v), -torch.inf, device=device)
         if t == max_len - 1:
-            forced = torch.full_like(logp, -torch.inf)
-            forced[..., END] = 0.0
-            logp = forced
-        # a finished beam continues with pad only, at no cost
-        finished = torch.full_like(logp, -torch.inf)
-        finished[..., PAD] = 0.0
-        logp = torch.where(done.unsqueeze(-1), finished, logp)
-        cand = rearrange(scores.unsqueeze(-1) + logp, "n k v -> n (k v)")
-        scores, idx = cand.topk(k, dim=-1)
-        beam, token = idx // v, idx % v
+            logp[:, END] = torch.where(flat_done, -torch.inf, 0.0)  # truncate: force end
+        else:
+            # the decoder runs only for beams that can still matter: not finished (they
+            # continue with pad at no cost) and with a finite score (a -inf beam stays -inf)
+            idx = (~flat_done & torch.isfinite(scores).reshape(-1)).nonzero().squeeze(1)
+            logits, h_new, c_new = decoder.fast_step(tokens[idx], lat[idx], w_step, h[idx], c[idx])
+            logp[idx] = F.log_softmax(logits, dim=-1)
+            h[idx], c[idx] = h_new, c_new
+        # pad is never a word; a finished beam continues with pad only, at no cost
+        logp[:, PAD] = torch.where(flat_done, 0.0, -torch.inf)
+        cand = rearrange(scores.unsqueeze(-1) + logp.view(m, k, v), "n k v -> n (k v)")
+        scores, ix = cand.topk(k, dim=-1)
+        beam, token = ix // v, ix % v
         seqs = torch.gather(seqs, 1, repeat(beam, "n k -> n k l", l=max_len))
         seqs[:, :, t] = token
         done = torch.gather(done, 1, beam) | (token == END)
-        flat = rearrange(beam + torch.arange(n, device=device).unsqueeze(1) * k, "n k -> (n k)")
-        state = (state[0][:, flat], state[1][:, flat])
+        flat = rearrange(beam + torch.arange(m, device=device).unsqueeze(1) * k, "n k -> (n k)")
+        h, c = h[flat], c[flat]
         tokens = rearrange(token, "n k -> (n k)")
-        if bool(done.all()):
-            break
-    return seqs[:, 0]  # topk returns the best first
+        finished = done.all(dim=1)
+        if bool(finished.any()):  # drop finished sequences: their best beam is final
+            out[ns[finished]] = seqs[finished, 0]  # topk returns the best first
+            keep = ~finished
+            ns, seqs, scores, done = ns[keep], seqs[keep], scores[keep], done[keep]
+            rows = keep.repeat_interleave(k)
+            h, c, lat, tokens = h[rows], c[rows], lat[rows], tokens[rows]
+            if ns.numel() == 0:
+                break
+    return out
 
 
 def ids_to_strings(ids: Tensor | list, vocab: _Decodes) -> Any:
