@@ -301,13 +301,26 @@ def test_fast_step_equals_lstm_step_and_teacher_forcing():
     torch.manual_seed(0)
     dec = TextDecoder(30, 7, 8, 16).eval()
     latent, tokens = torch.randn(5, 7), torch.randint(3, 30, (5, 6))
-    lat, w = dec.decoding_weights(latent)
+    run = dec.stepper(latent)
     h = c = torch.zeros(5, 16)
     state = None
     logits_tf = dec(tokens, latent)  # teacher forcing (nn.LSTM over the sequence)
     for t in range(tokens.shape[1]):
-        logits, h, c = dec.fast_step(tokens[:, t], lat, w, h, c)
+        logits, h, c = run(tokens[:, t], run.lat, h, c)
         ref, state = dec.step(tokens[:, t], latent, state)
         torch.testing.assert_close(F.log_softmax(logits, -1), ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(logits, logits_tf[:, t], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(h, state[0][0], rtol=1e-5, atol=1e-6)
+
+
+def test_block_argmax():
+    from flowkit.models.lnfmm.sampling import _argmax
+
+    x = torch.randn(40, 1000)
+    x[5, 7] = x[5].max() + 1
+    x[5, 9] = x[5, 7]  # a tie: the first index
+    x[6, 300] = x[6, 900] = float("nan")  # NaN: the first NaN, as torch.argmax
+    x[7, -1] = 100.0  # in the tail past the last full block
+    x[8, :] = -torch.inf
+    assert torch.equal(_argmax(x), x.argmax(-1))
+    assert torch.equal(_argmax(x[:, :999]), x[:, :999].argmax(-1))

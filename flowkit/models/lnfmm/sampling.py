@@ -23,6 +23,39 @@ class _Decodes(Protocol):
     def decode(self, ids: Any) -> str: ...
 
 
+def _argmax(x: Tensor, block: int = 128) -> Tensor:
+    r"""``x.argmax(-1)`` of a (N, V) tensor, the same index (first maximum, NaN first) in ~1/4
+    of the time on CPU: a vectorized max over blocks of ``block`` columns, then the argmax
+    inside the first block that holds the maximum."""
+    n, v = x.shape
+    if v < 4 * block or not x.is_contiguous():
+        return x.argmax(dim=-1)
+    full = v // block * block
+    maxes = x[:, :full].view(n, -1, block).amax(dim=-1)
+    if full < v:
+        maxes = torch.cat([maxes, x[:, full:].amax(dim=-1, keepdim=True)], dim=1)
+    start = maxes.argmax(dim=-1) * block
+    # past the end, columns repeat the last one: the first maximum is still found first
+    cols = (start.unsqueeze(1) + torch.arange(block, device=x.device)).clamp_(max=v - 1)
+    return start + x.gather(1, cols).argmax(dim=-1)
+
+
+def _topk(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    r"""``x.topk(k, dim=-1)`` of a (N, V) tensor for small k: k rounds of :func:`_argmax`
+    (first index among equal values), each masking its pick. Overwrites ``x``."""
+    n, v = x.shape
+    if k > 4 or v < 4 * 128 or not x.is_contiguous():
+        return x.topk(k, dim=-1)
+    rows = torch.arange(n, device=x.device)
+    vals, ids = [], []
+    for _ in range(k):
+        i = _argmax(x)
+        vals.append(x[rows, i])
+        ids.append(i)
+        x[rows, i] = -torch.inf
+    return torch.stack(vals, dim=1), torch.stack(ids, dim=1)
+
+
 @torch.no_grad()
 def greedy_decode(decoder: TextDecoder, latent: Tensor, max_len: int) -> Tensor:
     r"""Greedy decoding of N latents (:func:`sample_decode` at temperature 0).
@@ -75,16 +108,17 @@ def sample_decode(
     out = torch.full((n, max_len), PAD, dtype=torch.long, device=device)
     out[:, 0] = START
     # constant per sequence: the latent's share of the gates, computed once
-    lat, w_step = decoder.decoding_weights(latent)
+    run = decoder.stepper(latent)
+    lat = run.lat
     h = lat.new_zeros(n, decoder.hidden)
     c = lat.new_zeros(n, decoder.hidden)
     rows = torch.arange(n, device=device)  # the sequences still being decoded
     tokens = out[:, 0]
     for t in range(1, max_len - 1):  # the last position is a forced end: no step needed
-        logits, h, c = decoder.fast_step(tokens, lat, w_step, h, c)
+        logits, h, c = run(tokens, lat, h, c)
         if temperature == 0:
             logits[:, PAD] = -torch.inf  # pad is never a word; it only fills after end
-            nxt = logits.argmax(dim=-1)
+            nxt = _argmax(logits)
         else:
             logp = F.log_softmax(logits, dim=-1)
             logp[:, PAD] = -torch.inf
@@ -131,8 +165,8 @@ def beam_search(decoder: TextDecoder, latent: Tensor, max_len: int, beam_width: 
     if beam_width < 1:
         raise ValueError(f"beam_width must be >= 1, got {beam_width}")
     n, k, device = latent.shape[0], beam_width, latent.device
-    lat, w_step = decoder.decoding_weights(latent)
-    lat = repeat(lat, "n g -> (n k) g", k=k)  # the latent is constant per sequence and beam
+    run = decoder.stepper(repeat(latent, "n z -> (n k) z", k=k))
+    lat = run.lat  # the latent is constant per sequence and beam
     out = torch.full((n, max_len), PAD, dtype=torch.long, device=device)
     seqs = torch.full((n, k, max_len), PAD, dtype=torch.long, device=device)
     seqs[:, :, 0] = START
@@ -145,24 +179,32 @@ def beam_search(decoder: TextDecoder, latent: Tensor, max_len: int, beam_width: 
     tokens = seqs[:, :, 0].reshape(-1)
     ns = torch.arange(n, device=device)  # the sequences still being searched
     v = decoder.vocab_size
+    logp_buf = torch.empty(n * k, v, dtype=lat.dtype, device=device)
+    kk = min(k, v)  # the best K continuations of all K beams are among each beam's best K
     for t in range(1, max_len):
         m = ns.numel()
         flat_done = done.reshape(-1)
-        logp = torch.full((m * k, v), -torch.inf, device=device)
+        # each beam's candidates: a finished beam continues with pad only, at no cost; a
+        # filler (-inf) candidate is an end, never better than a real one
+        val = torch.full((m * k, kk), -torch.inf, device=device)
+        tok = torch.full((m * k, kk), END, dtype=torch.long, device=device)
         if t == max_len - 1:
-            logp[:, END] = torch.where(flat_done, -torch.inf, 0.0)  # truncate: force end
+            val[:, 0] = 0.0  # truncate: force end
         else:
-            # the decoder runs only for beams that can still matter: not finished (they
-            # continue with pad at no cost) and with a finite score (a -inf beam stays -inf)
+            # the decoder runs only for beams that can still matter: not finished and with a
+            # finite score (a -inf beam stays -inf)
             idx = (~flat_done & torch.isfinite(scores).reshape(-1)).nonzero().squeeze(1)
-            logits, h_new, c_new = decoder.fast_step(tokens[idx], lat[idx], w_step, h[idx], c[idx])
-            logp[idx] = F.log_softmax(logits, dim=-1)
+            logits, h_new, c_new = run(tokens[idx], lat[idx], h[idx], c[idx])
+            # into a buffer allocated once: no fresh M x V tensor (and its page faults) per step
+            logp = torch._log_softmax(logits, -1, False, out=logp_buf[: idx.numel()])
+            logp[:, PAD] = -torch.inf  # pad is never a word
+            val[idx], tok[idx] = _topk(logp, kk)
             h[idx], c[idx] = h_new, c_new
-        # pad is never a word; a finished beam continues with pad only, at no cost
-        logp[:, PAD] = torch.where(flat_done, 0.0, -torch.inf)
-        cand = rearrange(scores.unsqueeze(-1) + logp.view(m, k, v), "n k v -> n (k v)")
+        val[:, 0] = torch.where(flat_done, 0.0, val[:, 0])
+        tok[:, 0] = torch.where(flat_done, PAD, tok[:, 0])
+        cand = rearrange(scores.unsqueeze(-1) + val.view(m, k, kk), "n k c -> n (k c)")
         scores, ix = cand.topk(k, dim=-1)
-        beam, token = ix // v, ix % v
+        beam, token = ix // kk, tok.view(m, k * kk).gather(1, ix)
         seqs = torch.gather(seqs, 1, repeat(beam, "n k -> n k l", l=max_len))
         seqs[:, :, t] = token
         done = torch.gather(done, 1, beam) | (token == END)
