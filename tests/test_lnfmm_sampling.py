@@ -324,3 +324,17 @@ def test_block_argmax():
     x[8, :] = -torch.inf
     assert torch.equal(_argmax(x), x.argmax(-1))
     assert torch.equal(_argmax(x[:, :999]), x[:, :999].argmax(-1))
+
+
+def test_block_topk():
+    from flowkit.models.lnfmm.sampling import _topk
+
+    x = torch.randn(30, 1500)
+    x[3, 1400:] = 50.0 + torch.arange(100.0)  # the top values in the tail and one block
+    x[4, 10] = x[4, 700] = 60.0  # a tie across blocks
+    for k in (1, 2, 3, 4):
+        vals, ids = _topk(x.clone(), k)
+        ref = x.topk(k, dim=-1)
+        torch.testing.assert_close(vals, ref.values, rtol=0, atol=0)
+        assert torch.equal(x.gather(1, ids), ref.values)
+        assert torch.equal(ids[4, :2].sort().values, torch.tensor([10, 700])) if k >= 2 else True

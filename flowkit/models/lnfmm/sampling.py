@@ -23,36 +23,50 @@ class _Decodes(Protocol):
     def decode(self, ids: Any) -> str: ...
 
 
-def _argmax(x: Tensor, block: int = 128) -> Tensor:
-    r"""``x.argmax(-1)`` of a (N, V) tensor, the same index (first maximum, NaN first) in ~1/4
-    of the time on CPU: a vectorized max over blocks of ``block`` columns, then the argmax
-    inside the first block that holds the maximum."""
+def _block_maxes(x: Tensor, block: int) -> Tensor:
     n, v = x.shape
-    if v < 4 * block or not x.is_contiguous():
-        return x.argmax(dim=-1)
     full = v // block * block
     maxes = x[:, :full].view(n, -1, block).amax(dim=-1)
     if full < v:
         maxes = torch.cat([maxes, x[:, full:].amax(dim=-1, keepdim=True)], dim=1)
+    return maxes
+
+
+def _argmax_in_block(x: Tensor, maxes: Tensor, block: int) -> Tensor:
     start = maxes.argmax(dim=-1) * block
     # past the end, columns repeat the last one: the first maximum is still found first
-    cols = (start.unsqueeze(1) + torch.arange(block, device=x.device)).clamp_(max=v - 1)
+    cols = (start.unsqueeze(1) + torch.arange(block, device=x.device)).clamp_(max=x.shape[1] - 1)
     return start + x.gather(1, cols).argmax(dim=-1)
 
 
-def _topk(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    r"""``x.topk(k, dim=-1)`` of a (N, V) tensor for small k: k rounds of :func:`_argmax`
-    (first index among equal values), each masking its pick. Overwrites ``x``."""
+def _argmax(x: Tensor, block: int = 128) -> Tensor:
+    r"""``x.argmax(-1)`` of a (N, V) tensor, the same index (first maximum, NaN first) in ~1/4
+    of the time on CPU: a vectorized max over blocks of ``block`` columns, then the argmax
+    inside the first block that holds the maximum."""
+    if x.shape[1] < 4 * block or not x.is_contiguous():
+        return x.argmax(dim=-1)
+    return _argmax_in_block(x, _block_maxes(x, block), block)
+
+
+def _topk(x: Tensor, k: int, block: int = 128) -> tuple[Tensor, Tensor]:
+    r"""``x.topk(k, dim=-1)`` of a (N, V) tensor for small k, first index among equal values:
+    one pass for the block maxima, then k rounds of :func:`_argmax`'s second stage, each
+    masking its pick and updating its block's maximum. Overwrites ``x``."""
     n, v = x.shape
-    if k > 4 or v < 4 * 128 or not x.is_contiguous():
+    if k > 4 or v < 4 * block or not x.is_contiguous():
         return x.topk(k, dim=-1)
     rows = torch.arange(n, device=x.device)
+    maxes = _block_maxes(x, block)
     vals, ids = [], []
-    for _ in range(k):
-        i = _argmax(x)
+    for r in range(k):
+        i = _argmax_in_block(x, maxes, block)
         vals.append(x[rows, i])
         ids.append(i)
-        x[rows, i] = -torch.inf
+        if r < k - 1:
+            x[rows, i] = -torch.inf
+            blk = i // block
+            cols = (blk.unsqueeze(1) * block + torch.arange(block, device=x.device)).clamp_(max=v - 1)
+            maxes[rows, blk] = x.gather(1, cols).amax(dim=-1)
     return torch.stack(vals, dim=1), torch.stack(ids, dim=1)
 
 
