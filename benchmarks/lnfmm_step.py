@@ -14,6 +14,7 @@ Usage::
     python benchmarks/lnfmm_step.py                     # small b64, paper b8/b32, sampling
     python benchmarks/lnfmm_step.py --cases small --repeats 5 --threads 1
     python benchmarks/lnfmm_step.py --sampling --threads 1   # paper-config captions vs matmul rate
+    python benchmarks/lnfmm_step.py --profile-train --threads 1   # train step vs its own matmuls
 """
 
 from __future__ import annotations
@@ -293,6 +294,134 @@ def _sampling_case(threads: int, images_per_call: int, num_samples: int, repeats
     queue.put(rows)
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm", "aten::matmul_backward")
+
+
+def _replay_matmuls(calls, repeats: int = 3) -> float:
+    r"""Seconds that the recorded matmul calls (name, input shapes) take as plain calls on
+    random contiguous operands: the time of the step's own matmuls (median of ``repeats``)."""
+    import torch
+
+    ops = []
+    for name, shapes in calls:
+        if name == "aten::mm":
+            ops.append((torch.mm, [torch.randn(*shapes[0]), torch.randn(*shapes[1])]))
+        elif name == "aten::addmm":
+            ops.append((torch.addmm, [torch.randn(*shapes[0]), torch.randn(*shapes[1]), torch.randn(*shapes[2])]))
+        elif name == "aten::bmm":
+            ops.append((torch.bmm, [torch.randn(*shapes[0]), torch.randn(*shapes[1])]))
+        elif name == "aten::baddbmm":
+            ops.append((torch.baddbmm, [torch.randn(*shapes[i]) for i in range(3)]))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for fn, args in ops:
+            fn(*args)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _train_profile_case(batch: int, threads: int, repeats: int, queue) -> None:
+    r"""The paper-config train step (features encoder, vocab 10,324, captions of 20) profiled:
+    total time against the self time of its matmuls (``aten::mm/addmm/bmm`` forward and
+    backward) and of the LSTM (oneDNN's fused RNN kernels, matmuls inside), and the step
+    with Adam's three implementations (for-loop, ``foreach=True``, ``fused=True``)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    from flowkit.models import LNFMM, LNFMMConfig
+
+    cfg = LNFMMConfig.paper(vocab_size=10324, max_caption_len=20)
+    model = LNFMM(cfg).train()
+    images, captions = _batch(cfg, batch)
+    result = {"params_M": sum(p.numel() for p in model.parameters()) / 1e6, "variants": {}}
+
+    def make(kind):
+        kw = {"foreach": False} if kind == "for-loop" else {"foreach": True} if kind == "foreach" else {"fused": True}
+        return torch.optim.Adam(model.optimizer_groups(), **kw)
+
+    def step(opt, parts=None) -> None:
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        out = model(images, captions)
+        t1 = time.perf_counter()
+        out["loss"].backward()
+        t2 = time.perf_counter()
+        for g in opt.param_groups:
+            torch.nn.utils.clip_grad_value_(g["params"], g["clip_value"], foreach=True)
+        opt.step()
+        t3 = time.perf_counter()
+        if parts is not None:
+            parts.append((t1 - t0, t2 - t1, t3 - t2))
+
+    for kind in ("for-loop", "foreach", "fused"):
+        try:
+            opt = make(kind)
+            step(opt)  # warm-up (and the optimizer state)
+        except (RuntimeError, TypeError) as e:
+            result["variants"][kind] = {"error": str(e).splitlines()[0]}
+            continue
+        parts: list = []
+        for _ in range(repeats):
+            step(opt, parts)
+        med = [statistics.median(p[i] for p in parts) for i in range(3)]
+        result["variants"][kind] = {"forward_s": med[0], "backward_s": med[1], "optimizer_s": med[2],
+                                    "total_s": statistics.median(sum(p) for p in parts)}
+        print(f"done: train step with Adam {kind}", file=sys.stderr, flush=True)
+        if kind == "foreach":
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                step(opt)
+            # the step's own matmuls, replayed outside the profiler with the recorded shapes
+            calls = [(e.name, e.input_shapes) for e in prof.events() if e.name in MATMUL_OPS]
+            mm_s = _replay_matmuls(calls)
+            total = matmul = rnn = 0.0
+            for ev in prof.key_averages():
+                if ev.key in MATMUL_OPS:
+                    matmul += ev.self_cpu_time_total
+                elif "rnn" in ev.key or "lstm" in ev.key.lower():
+                    rnn += ev.self_cpu_time_total
+                total += ev.self_cpu_time_total
+            top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]
+            result["profile"] = {"total_s": total / 1e6, "matmul_s": matmul / 1e6, "lstm_s": rnn / 1e6,
+                                 "replayed_matmul_s": mm_s, "matmul_calls": len(calls),
+                                 "top": [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in top]}
+        del opt
+    queue.put(result)
+
+
+def _train_profile_main(args) -> dict:
+    import torch
+
+    r = _run(_train_profile_case, args.batch_profile, args.threads, args.paper_repeats)
+    print(f"\nMachine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
+    print(f"LNFMMConfig.paper(vocab_size=10324, max_caption_len=20), {r['params_M']:.1f} M parameters, batch "
+          f"{args.batch_profile}: medians of {args.paper_repeats} steps\n")
+    print("| Adam | forward (s) | backward (s) | clip + optimizer (s) | step (s) |")
+    print("|---|---:|---:|---:|---:|")
+    for kind, v in r["variants"].items():
+        if "error" in v:
+            print(f"| {kind} | not supported: {v['error']} | | | |")
+        else:
+            print(f"| {kind} | {v['forward_s']:.3f} | {v['backward_s']:.3f} | {v['optimizer_s']:.3f} | {v['total_s']:.3f} |")
+    p = r.get("profile")
+    if p:
+        mm = p["matmul_s"] + p["lstm_s"]
+        for kind, v in r["variants"].items():
+            if "total_s" in v:
+                print(f"step with Adam {kind} / its own matmuls replayed ({p['matmul_calls']} calls, "
+                      f"{p['replayed_matmul_s']:.3f} s) = {v['total_s'] / p['replayed_matmul_s']:.2f}")
+        print(f"\nprofiled step (Adam foreach): {p['total_s']:.3f} s of op self time; matmuls {p['matmul_s']:.3f} s, "
+              f"LSTM kernels {p['lstm_s']:.3f} s; step / (matmuls + LSTM) = {p['total_s'] / mm:.2f}; "
+              f"step / matmuls only = {p['total_s'] / p['matmul_s']:.2f}")
+        for key, t, n in p["top"]:
+            print(f"  {key:40s} {t:8.3f} s  ({n} calls)")
+    if args.json is not None:
+        args.json.write_text(json.dumps(r, indent=2))
+    return r
+
+
 def _run(target, *args) -> dict:
     ctx = mp.get_context("spawn")  # a fresh process per case: clean RSS peaks, no shared threads
     queue = ctx.Queue()
@@ -319,6 +448,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sampling-repeats", type=int, default=3)
     parser.add_argument("--end-bias", type=float, default=0.0,
                         help="added to the end token's output bias (a stand-in for a trained model's lengths)")
+    parser.add_argument("--profile-train", action="store_true",
+                        help="only the paper-config train step against its own matmul time, and Adam variants")
+    parser.add_argument("--batch-profile", type=int, default=32)
     parser.add_argument("--no-legacy", action="store_true", help="skip the before-issue-13 decoder")
     args = parser.parse_args(argv)
 
@@ -326,6 +458,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     if args.sampling:
         return _sampling_main(args)
+    if args.profile_train:
+        return _train_profile_main(args)
     rows = []
     for case in args.cases.split(","):
         if case == "sample":
