@@ -207,13 +207,21 @@ def beam_search(decoder: TextDecoder, latent: Tensor, max_len: int, beam_width: 
         else:
             # the decoder runs only for beams that can still matter: not finished and with a
             # finite score (a -inf beam stays -inf)
-            idx = (~flat_done & torch.isfinite(scores).reshape(-1)).nonzero().squeeze(1)
-            logits, h_new, c_new = run(tokens[idx], lat[idx], h[idx], c[idx])
+            live = ~flat_done & torch.isfinite(scores).reshape(-1)
+            every = bool(live.all())  # the common case: no gathers and scatters of the state
+            idx = None if every else live.nonzero().squeeze(1)
+            if every:
+                logits, h, c = run(tokens, lat, h, c)
+            else:
+                logits, h_new, c_new = run(tokens[idx], lat[idx], h[idx], c[idx])
             # into a buffer allocated once: no fresh M x V tensor (and its page faults) per step
-            logp = torch._log_softmax(logits, -1, False, out=logp_buf[: idx.numel()])
+            logp = torch._log_softmax(logits, -1, False, out=logp_buf[: logits.shape[0]])
             logp[:, PAD] = -torch.inf  # pad is never a word
-            val[idx], tok[idx] = _topk(logp, kk)
-            h[idx], c[idx] = h_new, c_new
+            if every:
+                val, tok = _topk(logp, kk)
+            else:
+                val[idx], tok[idx] = _topk(logp, kk)
+                h[idx], c[idx] = h_new, c_new
         val[:, 0] = torch.where(flat_done, 0.0, val[:, 0])
         tok[:, 0] = torch.where(flat_done, PAD, tok[:, 0])
         cand = rearrange(scores.unsqueeze(-1) + val.view(m, k, kk), "n k c -> n (k c)")
