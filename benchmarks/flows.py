@@ -16,6 +16,10 @@ Run (from the repository root)::
 
     python benchmarks/flows.py --threads 1 --repeats 30 --sample-repeats 7
 
+``--wide`` runs the wider sizes (C = 256, hidden width 256; 1,151,232 parameters)::
+
+    python benchmarks/flows.py --threads 1 --wide --no-compile --repeats 150 --sample-repeats 3 --samples 10
+
 ``--workload nsf`` runs the same comparison with rational-quadratic spline couplings (8 bins
 on [-5, 5], linear tails; flowkit, nflows, zuko), ``--workload maf`` with affine masked
 autoregressive layers whose orderings alternate with their reverse (flowkit ``maf``, nflows
@@ -365,7 +369,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-profile", action="store_true", help="skip the profile of flowkit's sampling (matmul share)")
     p.add_argument("--workload", default="coupling", choices=sorted(WORKLOADS),
                    help="coupling: affine couplings (default); nsf: spline couplings; maf: masked autoregressive")
+    p.add_argument("--wide", action="store_true",
+                   help="the wider sizes of issue 13: context C = 256 and hidden width 256 (K = 8, D = 32, B = 256)")
     args = p.parse_args(argv)
+    if args.wide:
+        args.context, args.hidden = 256, 256
     builders = WORKLOADS[args.workload]
 
     torch.set_num_threads(args.threads)

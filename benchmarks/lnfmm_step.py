@@ -13,6 +13,8 @@ Usage::
 
     python benchmarks/lnfmm_step.py                     # small b64, paper b8/b32, sampling
     python benchmarks/lnfmm_step.py --cases small --repeats 5 --threads 1
+    python benchmarks/lnfmm_step.py --sampling --threads 1   # paper-config captions vs matmul rate
+    python benchmarks/lnfmm_step.py --profile-train --threads 1   # train step vs its own matmuls
 """
 
 from __future__ import annotations
@@ -134,6 +136,292 @@ def _sample_case(threads: int, images_per_call: int, num_samples: int, repeats: 
     )
 
 
+@__import__("torch").no_grad()
+def _legacy_decode(decoder, latent, max_len: int, method: str, beam_width: int = 2):
+    r"""The decoding loop before issue 13: an ``nn.LSTM`` call per step on [embedding, latent],
+    every row decoded to the end of the batch (kept here as the "before" of the same run)."""
+    import torch
+    from einops import rearrange, repeat
+
+    from flowkit.models.lnfmm.decoders import END, PAD, START
+
+    if method == "greedy":
+        n = latent.shape[0]
+        out = torch.full((n, max_len), PAD, dtype=torch.long)
+        out[:, 0] = START
+        done = torch.zeros(n, dtype=torch.bool)
+        state, tokens = None, out[:, 0]
+        for t in range(1, max_len):
+            logp, state = decoder.step(tokens, latent, state)
+            logp[:, PAD] = -torch.inf
+            nxt = torch.full_like(tokens, END) if t == max_len - 1 else logp.argmax(dim=-1)
+            out[:, t] = torch.where(done, torch.full_like(nxt, PAD), nxt)
+            done |= nxt == END
+            tokens = nxt
+            if bool(done.all()):
+                break
+        return out
+    n, k = latent.shape[0], beam_width
+    lat = repeat(latent, "n z -> (n k) z", k=k)
+    seqs = torch.full((n, k, max_len), PAD, dtype=torch.long)
+    seqs[:, :, 0] = START
+    scores = torch.full((n, k), -torch.inf)
+    scores[:, 0] = 0.0
+    done = torch.zeros(n, k, dtype=torch.bool)
+    state, tokens = None, seqs[:, :, 0].reshape(-1)
+    for t in range(1, max_len):
+        logp, state = decoder.step(tokens, lat, state)
+        logp = rearrange(logp, "(n k) v -> n k v", k=k).clone()
+        v = logp.shape[-1]
+        logp[..., PAD] = -torch.inf
+        if t == max_len - 1:
+            forced = torch.full_like(logp, -torch.inf)
+            forced[..., END] = 0.0
+            logp = forced
+        finished = torch.full_like(logp, -torch.inf)
+        finished[..., PAD] = 0.0
+        logp = torch.where(done.unsqueeze(-1), finished, logp)
+        scores, idx = rearrange(scores.unsqueeze(-1) + logp, "n k v -> n (k v)").topk(k, dim=-1)
+        beam, token = idx // v, idx % v
+        seqs = torch.gather(seqs, 1, repeat(beam, "n k -> n k l", l=max_len))
+        seqs[:, :, t] = token
+        done = torch.gather(done, 1, beam) | (token == END)
+        flat = rearrange(beam + torch.arange(n).unsqueeze(1) * k, "n k -> (n k)")
+        state = (state[0][:, flat], state[1][:, flat])
+        tokens = rearrange(token, "n k -> (n k)")
+        if bool(done.all()):
+            break
+    return seqs[:, 0]
+
+
+def _sampling_case(threads: int, images_per_call: int, num_samples: int, repeats: int, end_bias: float,
+                   legacy: bool, queue) -> None:
+    r"""Paper-config caption sampling: images/s and the useful-work rate against plain matmuls.
+
+    Useful work per decoded row-step = the gate matmul over [hidden, word embedding] plus the
+    output layer: 2 * 4H * (E + H) + 2 * V * H FLOPs. The rows counted are those the fast
+    decoder computes (a greedy row runs until its end; a beam until it finishes or its
+    sequence is done), so both decoders are credited with the same work. The reference rate
+    is that of ``torch.addmm`` of the same shapes at the call's full batch, timed in the same
+    process between the sampling repeats.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    from einops import rearrange, repeat
+
+    from flowkit.models import LNFMM, LNFMMConfig
+    from flowkit.models.lnfmm.decoders import END, PAD
+    from flowkit.models.lnfmm.sampling import beam_search, greedy_decode
+
+    cfg = LNFMMConfig.paper(vocab_size=10324, max_caption_len=20)
+    model = LNFMM(cfg).eval()
+    dec = model.text_decoder
+    if end_bias:
+        with torch.no_grad():
+            dec.out.bias[END] += end_bias  # a stand-in for a trained model's caption lengths
+    images = torch.randn(images_per_call, cfg.image_feature_dim, generator=torch.Generator().manual_seed(0))
+    E, H, V, L = cfg.decoder_embedding_dim, cfg.decoder_hidden, cfg.vocab_size, cfg.max_caption_len
+    flops_row = 2 * 4 * H * (E + H) + 2 * V * H
+    n_rows = images_per_call * num_samples
+
+    from flowkit.models.lnfmm.decoders import DecodingStepper
+
+    counted = {"rows": 0}
+    fast_step = DecodingStepper.__call__
+
+    def counting_step(self, tokens, *a):
+        counted["rows"] += tokens.shape[0]
+        return fast_step(self, tokens, *a)
+
+    @torch.no_grad()
+    def latents():
+        shared = model.encode_images(images)["shared_text"]
+        spec = model.f_t.sample(num_samples, context=shared)
+        lat = torch.cat([repeat(shared, "b d -> b s d", s=num_samples), spec], dim=-1)
+        return rearrange(lat, "b s d -> (b s) d")
+
+    lat = latents()
+    # the reference: plain matmuls (no bias) of the decoder's two shapes into preallocated
+    # outputs, the fastest way this machine runs them
+    x_g, w_g, o_g = torch.randn(n_rows, E + H), torch.randn(4 * H, E + H), torch.empty(n_rows, 4 * H)
+    h_o, w_o, o_o = torch.randn(n_rows, H), torch.randn(V, H), torch.empty(n_rows, V)
+
+    def matmul_rate() -> float:
+        t = time.perf_counter()
+        for _ in range(3):
+            torch.mm(x_g, w_g.t(), out=o_g)
+            torch.mm(h_o, w_o.t(), out=o_o)
+        return 3 * n_rows * flops_row / (time.perf_counter() - t)
+
+    rows = []
+    for method in ("greedy", "beam"):
+        # useful work: the rows the fast decoder computes for these latents
+        DecodingStepper.__call__ = counting_step
+        ids = greedy_decode(dec, lat, L) if method == "greedy" else beam_search(dec, lat, L, 2)
+        DecodingStepper.__call__ = fast_step
+        useful = counted["rows"] * flops_row
+        counted["rows"] = 0
+        mean_len = float((ids != PAD).sum(1).float().mean()) - 1  # tokens after start
+        variants = [("fast", None)] + ([("before", "legacy")] if legacy else [])
+        for name, _ in variants:
+            dec_t, total_t, rates = [], [], []
+            for _ in range(repeats):
+                rates.append(matmul_rate())
+                t = time.perf_counter()
+                if name == "fast":
+                    greedy_decode(dec, lat, L) if method == "greedy" else beam_search(dec, lat, L, 2)
+                else:
+                    _legacy_decode(dec, lat, L, method)
+                dec_t.append(time.perf_counter() - t)
+                if name == "fast":
+                    t = time.perf_counter()
+                    model.sample_captions(images, num_samples, method=method)
+                    total_t.append(time.perf_counter() - t)
+            rate = statistics.median(rates)
+            d = statistics.median(dec_t)
+            row = {
+                "case": f"{method}, {name}", "images": images_per_call, "samples": num_samples,
+                "mean_tokens": mean_len, "decode_s": d, "matmul_gflops": rate / 1e9,
+                "useful_gflops": useful / d / 1e9, "ratio": useful / d / rate,
+            }
+            if total_t:
+                tot = statistics.median(total_t)
+                row.update(total_s=tot, images_per_s=images_per_call / tot, ratio_total=useful / tot / rate)
+            rows.append(row)
+            print(f"done: sampling {row['case']}", file=sys.stderr, flush=True)
+    queue.put(rows)
+
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm", "aten::matmul_backward")
+
+
+def _replay_matmuls(calls, repeats: int = 3) -> float:
+    r"""Seconds that the recorded matmul calls (name, input shapes) take as plain calls on
+    random contiguous operands: the time of the step's own matmuls (median of ``repeats``)."""
+    import torch
+
+    ops = []
+    for name, shapes in calls:
+        if name == "aten::mm":
+            ops.append((torch.mm, [torch.randn(*shapes[0]), torch.randn(*shapes[1])]))
+        elif name == "aten::addmm":
+            ops.append((torch.addmm, [torch.randn(*shapes[0]), torch.randn(*shapes[1]), torch.randn(*shapes[2])]))
+        elif name == "aten::bmm":
+            ops.append((torch.bmm, [torch.randn(*shapes[0]), torch.randn(*shapes[1])]))
+        elif name == "aten::baddbmm":
+            ops.append((torch.baddbmm, [torch.randn(*shapes[i]) for i in range(3)]))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for fn, args in ops:
+            fn(*args)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _train_profile_case(batch: int, threads: int, repeats: int, queue) -> None:
+    r"""The paper-config train step (features encoder, vocab 10,324, captions of 20) profiled:
+    total time against the self time of its matmuls (``aten::mm/addmm/bmm`` forward and
+    backward) and of the LSTM (oneDNN's fused RNN kernels, matmuls inside), and the step
+    with Adam's three implementations (for-loop, ``foreach=True``, ``fused=True``)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    from flowkit.models import LNFMM, LNFMMConfig
+
+    cfg = LNFMMConfig.paper(vocab_size=10324, max_caption_len=20)
+    model = LNFMM(cfg).train()
+    images, captions = _batch(cfg, batch)
+    result = {"params_M": sum(p.numel() for p in model.parameters()) / 1e6, "variants": {}}
+
+    def make(kind):
+        kw = {"foreach": False} if kind == "for-loop" else {"foreach": True} if kind == "foreach" else {"fused": True}
+        return torch.optim.Adam(model.optimizer_groups(), **kw)
+
+    def step(opt, parts=None) -> None:
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        out = model(images, captions)
+        t1 = time.perf_counter()
+        out["loss"].backward()
+        t2 = time.perf_counter()
+        for g in opt.param_groups:
+            torch.nn.utils.clip_grad_value_(g["params"], g["clip_value"], foreach=True)
+        opt.step()
+        t3 = time.perf_counter()
+        if parts is not None:
+            parts.append((t1 - t0, t2 - t1, t3 - t2))
+
+    for kind in ("for-loop", "foreach", "fused"):
+        try:
+            opt = make(kind)
+            step(opt)  # warm-up (and the optimizer state)
+        except (RuntimeError, TypeError) as e:
+            result["variants"][kind] = {"error": str(e).splitlines()[0]}
+            continue
+        parts: list = []
+        for _ in range(repeats):
+            step(opt, parts)
+        med = [statistics.median(p[i] for p in parts) for i in range(3)]
+        result["variants"][kind] = {"forward_s": med[0], "backward_s": med[1], "optimizer_s": med[2],
+                                    "total_s": statistics.median(sum(p) for p in parts)}
+        print(f"done: train step with Adam {kind}", file=sys.stderr, flush=True)
+        if kind == "foreach":
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                step(opt)
+            # the step's own matmuls, replayed outside the profiler with the recorded shapes
+            calls = [(e.name, e.input_shapes) for e in prof.events() if e.name in MATMUL_OPS]
+            mm_s = _replay_matmuls(calls)
+            total = matmul = rnn = 0.0
+            for ev in prof.key_averages():
+                if ev.key in MATMUL_OPS:
+                    matmul += ev.self_cpu_time_total
+                elif "rnn" in ev.key or "lstm" in ev.key.lower():
+                    rnn += ev.self_cpu_time_total
+                total += ev.self_cpu_time_total
+            top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]
+            result["profile"] = {"total_s": total / 1e6, "matmul_s": matmul / 1e6, "lstm_s": rnn / 1e6,
+                                 "replayed_matmul_s": mm_s, "matmul_calls": len(calls),
+                                 "top": [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in top]}
+        del opt
+    queue.put(result)
+
+
+def _train_profile_main(args) -> dict:
+    import torch
+
+    r = _run(_train_profile_case, args.batch_profile, args.threads, args.paper_repeats)
+    print(f"\nMachine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
+    print(f"LNFMMConfig.paper(vocab_size=10324, max_caption_len=20), {r['params_M']:.1f} M parameters, batch "
+          f"{args.batch_profile}: medians of {args.paper_repeats} steps\n")
+    print("| Adam | forward (s) | backward (s) | clip + optimizer (s) | step (s) |")
+    print("|---|---:|---:|---:|---:|")
+    for kind, v in r["variants"].items():
+        if "error" in v:
+            print(f"| {kind} | not supported: {v['error']} | | | |")
+        else:
+            print(f"| {kind} | {v['forward_s']:.3f} | {v['backward_s']:.3f} | {v['optimizer_s']:.3f} | {v['total_s']:.3f} |")
+    p = r.get("profile")
+    if p:
+        mm = p["matmul_s"] + p["lstm_s"]
+        for kind, v in r["variants"].items():
+            if "total_s" in v:
+                print(f"step with Adam {kind} / its own matmuls replayed ({p['matmul_calls']} calls, "
+                      f"{p['replayed_matmul_s']:.3f} s) = {v['total_s'] / p['replayed_matmul_s']:.2f}")
+        print(f"\nprofiled step (Adam foreach): {p['total_s']:.3f} s of op self time; matmuls {p['matmul_s']:.3f} s, "
+              f"LSTM kernels {p['lstm_s']:.3f} s; step / (matmuls + LSTM) = {p['total_s'] / mm:.2f}; "
+              f"step / matmuls only = {p['total_s'] / p['matmul_s']:.2f}")
+        for key, t, n in p["top"]:
+            print(f"  {key:40s} {t:8.3f} s  ({n} calls)")
+    if args.json is not None:
+        args.json.write_text(json.dumps(r, indent=2))
+    return r
+
+
 def _run(target, *args) -> dict:
     ctx = mp.get_context("spawn")  # a fresh process per case: clean RSS peaks, no shared threads
     queue = ctx.Queue()
@@ -154,10 +442,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sample-images", type=int, default=16)
     parser.add_argument("--num-samples", type=int, default=100)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    parser.add_argument("--sampling", action="store_true",
+                        help="only the paper-config caption sampling against its own matmul rate")
+    parser.add_argument("--sampling-images", type=int, default=4, help="images per sample_captions call")
+    parser.add_argument("--sampling-repeats", type=int, default=3)
+    parser.add_argument("--end-bias", type=float, default=0.0,
+                        help="added to the end token's output bias (a stand-in for a trained model's lengths)")
+    parser.add_argument("--profile-train", action="store_true",
+                        help="only the paper-config train step against its own matmul time, and Adam variants")
+    parser.add_argument("--batch-profile", type=int, default=32)
+    parser.add_argument("--no-legacy", action="store_true", help="skip the before-issue-13 decoder")
     args = parser.parse_args(argv)
 
     import torch
 
+    if args.sampling:
+        return _sampling_main(args)
+    if args.profile_train:
+        return _train_profile_main(args)
     rows = []
     for case in args.cases.split(","):
         if case == "sample":
@@ -176,6 +478,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for r in rows:
         thr = f"{r['images_per_s']:.1f} images/s" if "images_per_s" in r else f"{1.0 / r['median_s']:.2f} steps/s"
         print(f"| {r['case']} | {r['params_M']:.2f} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['peak_rss_mb']:.0f} | {thr} |")
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def _sampling_main(args) -> list[dict]:
+    import torch
+
+    rows = _run(_sampling_case, args.threads, args.sampling_images, args.num_samples, args.sampling_repeats,
+                args.end_bias, not args.no_legacy)
+    print(f"\nMachine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
+          f"python {platform.python_version()}")
+    print(f"LNFMMConfig.paper(vocab_size=10324, max_caption_len=20), untrained, {args.sampling_images} images x "
+          f"{args.num_samples} samples per call, end bias {args.end_bias}\n")
+    print("| decoder | tokens/caption | decode (s) | useful GFLOP/s | matmul GFLOP/s | ratio (decode) | "
+          "sample_captions (s) | ratio (whole call) | images/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        tot = (f"{r['total_s']:.2f} | {r['ratio_total']:.2f} | {r['images_per_s']:.2f}" if "total_s" in r else "- | - | -")
+        print(f"| {r['case']} | {r['mean_tokens']:.1f} | {r['decode_s']:.2f} | {r['useful_gflops']:.1f} | "
+              f"{r['matmul_gflops']:.1f} | {r['ratio']:.2f} | {tot} |")
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2))
     return rows

@@ -198,3 +198,143 @@ def test_paper_preset_sampling_batched():
     ids = model.sample_captions(torch.randn(2, 4096), num_samples=50, max_len=6)
     assert ids.shape == (2, 50, 6)
     _check_format(ids, 6)
+
+
+# -- the fast decoding path against the reference (an nn.LSTM step per token, every row kept) --
+@torch.no_grad()
+def _reference_sample_decode(dec, latent, max_len, temperature=1.0, generator=None):
+    n = latent.shape[0]
+    out = torch.full((n, max_len), PAD, dtype=torch.long)
+    out[:, 0] = START
+    done = torch.zeros(n, dtype=torch.bool)
+    state, tokens = None, out[:, 0]
+    for t in range(1, max_len):
+        logp, state = dec.step(tokens, latent, state)
+        logp[:, PAD] = -torch.inf
+        if t == max_len - 1:
+            nxt = torch.full_like(tokens, END)
+        elif temperature == 0:
+            nxt = logp.argmax(dim=-1)
+        else:
+            nxt = torch.multinomial(torch.softmax(logp / temperature, dim=-1), 1, generator=generator).squeeze(1)
+        out[:, t] = torch.where(done, torch.full_like(nxt, PAD), nxt)
+        done |= nxt == END
+        tokens = nxt
+        if bool(done.all()):
+            break
+    return out
+
+
+@torch.no_grad()
+def _reference_beam_search(dec, latent, max_len, beam_width=2):
+    n, k = latent.shape[0], beam_width
+    lat = latent.repeat_interleave(k, dim=0)
+    seqs = torch.full((n, k, max_len), PAD, dtype=torch.long)
+    seqs[:, :, 0] = START
+    scores = torch.full((n, k), -torch.inf)
+    scores[:, 0] = 0.0
+    done = torch.zeros(n, k, dtype=torch.bool)
+    state, tokens = None, seqs[:, :, 0].reshape(-1)
+    for t in range(1, max_len):
+        logp, state = dec.step(tokens, lat, state)
+        logp = logp.view(n, k, -1).clone()
+        v = logp.shape[-1]
+        logp[..., PAD] = -torch.inf
+        if t == max_len - 1:
+            forced = torch.full_like(logp, -torch.inf)
+            forced[..., END] = 0.0
+            logp = forced
+        finished = torch.full_like(logp, -torch.inf)
+        finished[..., PAD] = 0.0
+        logp = torch.where(done.unsqueeze(-1), finished, logp)
+        scores, idx = (scores.unsqueeze(-1) + logp).view(n, k * v).topk(k, dim=-1)
+        beam, token = idx // v, idx % v
+        seqs = torch.gather(seqs, 1, beam.unsqueeze(-1).expand(-1, -1, max_len))
+        seqs[:, :, t] = token
+        done = torch.gather(done, 1, beam) | (token == END)
+        flat = (beam + torch.arange(n).unsqueeze(1) * k).reshape(-1)
+        state = (state[0][:, flat], state[1][:, flat])
+        tokens = token.reshape(-1)
+        if bool(done.all()):
+            break
+    return seqs[:, 0]
+
+
+def _peaked_decoder(vocab, latent_dim, emb, hidden, seed, end_bias):
+    torch.manual_seed(seed)
+    dec = TextDecoder(vocab, latent_dim, emb, hidden).eval()
+    with torch.no_grad():
+        dec.out.weight.mul_(3.0)
+        dec.out.bias[END] += end_bias  # captions of many lengths: finished rows get dropped
+    return dec
+
+
+@pytest.mark.parametrize(
+    "shape", [(12, 5, 8, 16, 9, 0.25), (50, 24, 32, 48, 12, 0.25), (10324, 1024, 512, 512, 20, 1.0)], ids=["small", "mid", "paper"]
+)
+def test_fast_decoding_matches_reference(shape):
+    vocab, zdim, emb, hidden, max_len, end_bias = shape
+    dec = _peaked_decoder(vocab, zdim, emb, hidden, 0, end_bias)
+    n = 24 if vocab > 1000 else 200
+    latent = torch.randn(n, zdim, generator=torch.Generator().manual_seed(1))
+    greedy = greedy_decode(dec, latent, max_len)
+    assert torch.equal(greedy, _reference_sample_decode(dec, latent, max_len, 0.0))
+    lengths = (greedy != PAD).sum(1)
+    assert lengths.min() < lengths.max(), "the test should drop finished rows"
+    _check_format(greedy, max_len)
+    for temp in (1.0, 0.7):
+        fast = sample_decode(dec, latent, max_len, temp, torch.Generator().manual_seed(5))
+        ref = _reference_sample_decode(dec, latent, max_len, temp, torch.Generator().manual_seed(5))
+        assert torch.equal(fast, ref)
+    for k in (1, 2, 3):
+        fast = beam_search(dec, latent[:8], max_len, k)
+        assert torch.equal(fast, _reference_beam_search(dec, latent[:8], max_len, k)), k
+        _check_format(fast, max_len)
+    # the seeded global RNG gives the same draws too
+    torch.manual_seed(7)
+    a = sample_decode(dec, latent[:6], max_len)
+    torch.manual_seed(7)
+    assert torch.equal(a, _reference_sample_decode(dec, latent[:6], max_len))
+
+
+def test_fast_step_equals_lstm_step_and_teacher_forcing():
+    torch.manual_seed(0)
+    dec = TextDecoder(30, 7, 8, 16).eval()
+    latent, tokens = torch.randn(5, 7), torch.randint(3, 30, (5, 6))
+    run = dec.stepper(latent)
+    h = c = torch.zeros(5, 16)
+    state = None
+    logits_tf = dec(tokens, latent)  # teacher forcing (nn.LSTM over the sequence)
+    for t in range(tokens.shape[1]):
+        logits, h, c = run(tokens[:, t], run.lat, h, c)
+        ref, state = dec.step(tokens[:, t], latent, state)
+        torch.testing.assert_close(F.log_softmax(logits, -1), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(logits, logits_tf[:, t], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(h, state[0][0], rtol=1e-5, atol=1e-6)
+
+
+def test_block_argmax():
+    from flowkit.models.lnfmm.sampling import _argmax
+
+    x = torch.randn(40, 1000)
+    x[5, 7] = x[5].max() + 1
+    x[5, 9] = x[5, 7]  # a tie: the first index
+    x[6, 300] = x[6, 900] = float("nan")  # NaN: the first NaN, as torch.argmax
+    x[7, -1] = 100.0  # in the tail past the last full block
+    x[8, :] = -torch.inf
+    assert torch.equal(_argmax(x), x.argmax(-1))
+    assert torch.equal(_argmax(x[:, :999]), x[:, :999].argmax(-1))
+
+
+def test_block_topk():
+    from flowkit.models.lnfmm.sampling import _topk
+
+    x = torch.randn(30, 1500)
+    x[3, 1400:] = 50.0 + torch.arange(100.0)  # the top values in the tail and one block
+    x[4, 10] = x[4, 700] = 60.0  # a tie across blocks
+    for k in (1, 2, 3, 4):
+        vals, ids = _topk(x.clone(), k)
+        ref = x.topk(k, dim=-1)
+        torch.testing.assert_close(vals, ref.values, rtol=0, atol=0)
+        assert torch.equal(x.gather(1, ids), ref.values)
+        assert torch.equal(ids[4, :2].sort().values, torch.tensor([10, 700])) if k >= 2 else True

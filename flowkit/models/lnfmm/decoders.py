@@ -18,7 +18,7 @@ from einops import rearrange, reduce
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-__all__ = ["TextDecoder", "FeatureDecoder", "Generator64", "Discriminator64", "SelfAttention", "ConditionalBatchNorm2d"]
+__all__ = ["TextDecoder", "DecodingStepper", "FeatureDecoder", "Generator64", "Discriminator64", "SelfAttention", "ConditionalBatchNorm2d"]
 
 PAD, START, END, UNK = 0, 1, 2, 3
 
@@ -81,6 +81,73 @@ class TextDecoder(nn.Module):
         emb = self.embedding(tokens).unsqueeze(1)
         h, state = self.lstm(torch.cat([emb, latent.unsqueeze(1)], dim=-1), state)
         return F.log_softmax(self.out(h.squeeze(1)), dim=-1), state
+
+    def stepper(self, latent: Tensor) -> "DecodingStepper":
+        r"""The decoding fast path for the latents (N, Z): see :class:`DecodingStepper`."""
+        return DecodingStepper(self, latent)
+
+
+class DecodingStepper:
+    r"""What greedy, sampled and beam decoding run per step, with per-sequence work hoisted out.
+
+    The LSTM's input weight splits into a word-embedding part and a latent part. The latent's
+    share of the gates plus both biases, :math:`W_{ih}^{lat} z + b_{ih} + b_{hh}` (N, 4H), is
+    computed once per sequence (``lat``); each step is then one matmul of
+    :math:`[e(w_{t-1}), h_{t-1}]` with :math:`[W_{ih}^{emb}, W_{hh}]` for the gates, the LSTM
+    cell's pointwise maths, and one matmul of :math:`[h_t, 1]` with :math:`[W_{out}, b_{out}]`
+    for the logits (the bias rides in the matmul: no separate pass over the N x V logits).
+    Outputs are written into buffers allocated once (no fresh N x V tensor per step). Equals
+    :meth:`TextDecoder.step` (an ``nn.LSTM`` call) to float tolerance.
+
+    Example:
+        >>> dec = TextDecoder(10, 6, 8, 16)
+        >>> run = dec.stepper(torch.randn(3, 6))
+        >>> h = c = torch.zeros(3, 16)
+        >>> logits, h, c = run(torch.ones(3, dtype=torch.long), run.lat, h, c)
+        >>> logits.shape, h.shape
+        (torch.Size([3, 10]), torch.Size([3, 16]))
+    """
+
+    @torch.no_grad()
+    def __init__(self, decoder: TextDecoder, latent: Tensor) -> None:
+        lstm = decoder.lstm
+        e, n, hidden = decoder.embedding.embedding_dim, latent.shape[0], decoder.hidden
+        w_ih = lstm.weight_ih_l0
+        dtype, device = w_ih.dtype, w_ih.device
+        bias = lstm.bias_ih_l0 + lstm.bias_hh_l0 if lstm.bias else None
+        self.hidden, self.e = hidden, e
+        self.embedding = decoder.embedding.weight
+        #: the latent's share of the gates plus both biases (N, 4H), constant per sequence
+        self.lat = F.linear(latent.to(dtype), w_ih[:, e:], bias)
+        self.w_step = torch.cat([w_ih[:, :e], lstm.weight_hh_l0], dim=1)  # (4H, E + H)
+        out_b = decoder.out.bias if decoder.out.bias is not None else w_ih.new_zeros(decoder.vocab_size)
+        self.w_out = torch.cat([decoder.out.weight, out_b.unsqueeze(1)], dim=1)  # (V, H + 1)
+        self._x = torch.empty(n, e + hidden, dtype=dtype, device=device)
+        self._h1 = torch.empty(n, hidden + 1, dtype=dtype, device=device)
+        self._h1[:, hidden] = 1.0
+        self._gates = torch.empty(n, 4 * hidden, dtype=dtype, device=device)
+        self._logits = torch.empty(n, decoder.vocab_size, dtype=dtype, device=device)
+
+    @torch.no_grad()
+    def __call__(self, tokens: Tensor, lat: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        r"""One step (inference only, no gradients) for M <= N rows: ``lat`` holds those rows of :attr:`lat`.
+
+        Returns:
+            The logits (M, V) and the new (h, c). The logits and h live in buffers that the
+            next call overwrites: use or copy them first.
+        """
+        m, e, n = tokens.shape[0], self.e, self.hidden
+        x = self._x[:m]
+        x[:, :e] = self.embedding[tokens]
+        x[:, e:] = h
+        gates = torch.addmm(lat, x, self.w_step.t(), out=self._gates[:m])
+        g = torch.tanh(gates[:, 2 * n : 3 * n])
+        s = gates.sigmoid_()  # i, f, (g: unused), o
+        c = torch.addcmul(s[:, n : 2 * n] * c, s[:, :n], g)
+        h1 = self._h1[:m]
+        torch.mul(s[:, 3 * n :], torch.tanh(c), out=h1[:, :n])
+        logits = torch.mm(h1, self.w_out.t(), out=self._logits[:m])
+        return logits, h1[:, :n], c
 
 
 class FeatureDecoder(nn.Module):
