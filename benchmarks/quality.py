@@ -164,11 +164,18 @@ def frontier_data(args: argparse.Namespace, progress: bool) -> tuple[Any, dict[i
 
 
 def coverage_at(points: list[FrontierPoint], accuracy: float) -> float:
-    r"""A curve's coverage at a given accuracy (linear between its points; NaN outside them)."""
-    pts = sorted((p.accuracy, p.coverage) for p in points)
-    for (a0, c0), (a1, c1) in zip(pts, pts[1:]):
+    r"""The best coverage a model reaches at a given accuracy: linear along its Pareto front
+    (the settings no other setting beats on both axes); its largest coverage below the front's
+    accuracies; NaN above them (that accuracy is out of its reach)."""
+    pts = [(p.accuracy, p.coverage) for p in points]
+    front = sorted(p for p in pts if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in pts))
+    if accuracy > front[-1][0]:
+        return float("nan")
+    if accuracy <= front[0][0]:
+        return front[0][1]
+    for (a0, c0), (a1, c1) in zip(front, front[1:]):
         if a0 <= accuracy <= a1:
-            return c0 if a1 == a0 else c0 + (c1 - c0) * (accuracy - a0) / (a1 - a0)
+            return c0 + (c1 - c0) * (accuracy - a0) / (a1 - a0)
     return float("nan")
 
 
