@@ -16,6 +16,11 @@ best 5 (Table 3), the exact ground-truth caption accuracy and coverage, and text
 classifier accuracy, free-attribute spread, Inception score (attribute classifier) and IvOM.
 Reported as mean ± std over seeds in Markdown (``OUT/quality.md``) and JSON (``OUT/quality.json``).
 
+``--task t2i-frontier``: the text-to-image recipe and the deterministic caption -> image
+decoder (the recipe without z'_v), same data (the export's pixels), budget and seeds; the
+attribute classifier's accuracy against the free-attribute spread of ``--t2i-captions`` test
+captions x ``--t2i-samples`` images at the same temperatures.
+
 ``--task frontier`` (the paper's claim made exact): LNFMM's captioning recipe, the supervised
 captioner without a latent and the CVAE (Gaussian prior, free bits), each trained on the same
 shapes-trunk features with the same budget and seeds, sampled at the temperatures
@@ -26,6 +31,7 @@ coverage ratio at equal accuracy.
 Usage::
 
     python benchmarks/quality.py --task frontier --seeds 0 1      # the frontier (docs/img/frontier_captioning.png)
+    python benchmarks/quality.py --task t2i-frontier --seeds 0 1 --t2i-captions 100   # docs/img/frontier_text_to_image.png
     python benchmarks/quality.py                                  # full: 2 seeds x 1500 steps (about an hour on 2 cores)
     python benchmarks/quality.py --steps 200 --seeds 0 --train-images 500 --test-images 20   # reduced
 """
@@ -48,10 +54,10 @@ import torch
 
 from flowkit.data import load_caption_data
 from flowkit.data.features import extract_features, shapes_trunk_features
-from flowkit.data.judges import cache_dir, get_attribute_classifier
-from flowkit.data.shapes import export_coco
+from flowkit.data.judges import get_attribute_classifier
+from flowkit.data.shapes import export_coco, shapes_export_root
 from flowkit.evaluation import evaluate_captioning, evaluate_text_to_image, probe_image_codes, scenes_from_export, to_jsonable
-from flowkit.evaluation.frontier import FrontierPoint, caption_frontier, captioner_settings, lnfmm_settings, plot_frontier
+from flowkit.evaluation.frontier import FrontierPoint, caption_frontier, captioner_settings, image_frontier, lnfmm_settings, plot_frontier
 from flowkit.models import LNFMMConfig
 from flowkit.models.lnfmm.recipes import RECIPES
 from flowkit.training import TrainSettings, train
@@ -101,9 +107,10 @@ IMAGE_COLUMNS = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="LNFMM vs CVAE, LNFMM-MSE and LNFMM-TXT on the embedded shapes data.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--task", choices=["frontier", "ablations"], default="ablations", help="the accuracy-coverage frontier of LNFMM and its baselines, or the pixel ablation table")
-    p.add_argument("--models", nargs="+", choices=list(FRONTIER_MODELS), default=list(FRONTIER_MODELS), help="frontier: models to compare")
-    p.add_argument("--figure", default="docs/img/frontier_captioning.png", help="frontier: the PNG")
+    p.add_argument("--task", choices=["frontier", "t2i-frontier", "ablations"], default="ablations",
+                   help="the accuracy-coverage frontier of LNFMM and its baselines, the text-to-image accuracy-spread frontier, or the pixel ablation table")
+    p.add_argument("--models", nargs="+", choices=list(FRONTIER_MODELS), default=None, help="frontier: models to compare (default: all of the task)")
+    p.add_argument("--figure", default=None, help="frontier: the PNG (default docs/img/frontier_captioning.png or docs/img/frontier_text_to_image.png)")
     p.add_argument("--combine", nargs="+", metavar="DIR", default=None, help="frontier: merge the frontier.json of earlier runs (e.g. one per seed) instead of training")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["lnfmm", "cvae", "mse", "txt"], help="ablations: models to compare")
     p.add_argument("--steps", type=int, default=None, help="training steps per model (default: 1500 for ablations, the recipe's for the frontier)")
@@ -112,7 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-images", type=int, default=2000, help="training images (5 captions each)")
     p.add_argument("--test-images", type=int, default=100, help="test images evaluated")
     p.add_argument("--num-samples", type=int, default=100, help="captions sampled per test image")
-    p.add_argument("--t2i-captions", type=int, default=20, help="captions of the text-to-image evaluation")
+    p.add_argument("--t2i-captions", type=int, default=20, help="captions of the text-to-image evaluation (t2i-frontier: test captions judged)")
     p.add_argument("--t2i-samples", type=int, default=16, help="images per caption")
     p.add_argument("--ivom-steps", type=int, default=50, help="IvOM Adam steps per restart")
     p.add_argument("--ivom-restarts", type=int, default=2, help="IvOM restarts")
@@ -120,7 +127,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--out", default="benchmarks/quality_out", help="output folder (quality.md, quality.json, one run folder per model)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    t2i = args.task == "t2i-frontier"
+    models = [k for k in FRONTIER_MODELS if (k in T2I_RECIPES) == t2i]
+    args.models = args.models or models
+    if not set(args.models) <= set(models):
+        p.error(f"--models of --task {args.task}: choose from {models}")
+    args.figure = args.figure or f"docs/img/frontier_{'text_to_image' if t2i else 'captioning'}.png"
+    return args
 
 
 def _get(d: dict[str, Any], path: tuple[str, ...]) -> float:
@@ -149,12 +163,14 @@ def table(runs: dict[str, list[dict[str, Any]]], columns: list[tuple[str, tuple[
     return "\n".join(lines)
 
 
-FRONTIER_MODELS = {"lnfmm": "LNFMM (captioning recipe)", "captioner": "supervised captioner (no latent)", "cvae": "CVAE (Gaussian prior, free bits)"}
+FRONTIER_MODELS = {"lnfmm": "LNFMM (captioning recipe)", "captioner": "supervised captioner (no latent)", "cvae": "CVAE (Gaussian prior, free bits)",
+                   "t2i": "LNFMM (text-to-image recipe)", "t2i-deterministic": "deterministic caption -> image (no z'_v)"}
+T2I_RECIPES = {"t2i": "text_to_image", "t2i-deterministic": "text_to_image_deterministic"}
 
 
 def frontier_data(args: argparse.Namespace, progress: bool) -> tuple[Any, dict[int, Any]]:
     r"""The main job's data route: the shapes export, shapes-trunk features, the COCO loader."""
-    root = cache_dir() / f"shapes_coco_{args.train_images}_200_200_seed{args.data_seed}"
+    root = shapes_export_root({"train": args.train_images, "val": 200, "test": 200}, args.data_seed)
     export_coco(root, sizes={"train": args.train_images, "val": 200, "test": 200}, seed=args.data_seed, progress=progress)
     features = extract_features(root, shapes_trunk_features(progress=progress), name="shapes_trunk", progress=progress)
     data = load_caption_data("coco", root=root, features=features, split_scheme="coco", progress=progress)
@@ -179,8 +195,9 @@ def coverage_at(points: list[FrontierPoint], accuracy: float) -> float:
     return float("nan")
 
 
-def frontier_table(curves: dict[str, list[list[FrontierPoint]]]) -> str:
-    lines = ["| model | setting | accuracy | coverage | distinct of the samples |", "|---|---|---|---|---|"]
+def frontier_table(curves: dict[str, list[list[FrontierPoint]]], images: bool = False) -> str:
+    head = "| model | setting | judged accuracy | free-attribute spread | captions with a true image |" if images else "| model | setting | accuracy | coverage | distinct of the samples |"
+    lines = [head, "|---|---|---|---|---|"]
     for name, runs in curves.items():
         for k, p in enumerate(runs[0]):
             col = lambda f: _cell([f(r[k]) for r in runs], 3)  # noqa: E731
@@ -225,6 +242,28 @@ def train_frontier(args: argparse.Namespace, progress: bool) -> dict[str, list[l
     return curves
 
 
+def train_image_frontier(args: argparse.Namespace, progress: bool) -> dict[str, list[list[FrontierPoint]]]:
+    r"""Text-to-image: each recipe once per seed on the pixels of the export; judged test captions."""
+    root = shapes_export_root({"train": args.train_images, "val": 200, "test": 200}, args.data_seed)
+    export_coco(root, sizes={"train": args.train_images, "val": 200, "test": 200}, seed=args.data_seed, progress=progress)
+    data = load_caption_data("coco", root=root, split_scheme="coco", progress=progress)
+    n = min(args.t2i_captions, len(data.test))
+    captions = [data.references["test"][int(data.test[i]["image_id"])][0] for i in range(n)]
+    judge = get_attribute_classifier(progress=progress)
+    curves: dict[str, list[list[FrontierPoint]]] = {}
+    for name in args.models:
+        recipe = RECIPES[T2I_RECIPES[name]]()
+        curves[name] = []
+        for seed in args.seeds:
+            t0 = time.perf_counter()
+            budget = {**recipe.settings(), "steps": args.steps or recipe.steps, "validate_every": 0}
+            trainer = train(recipe.config, data, TrainSettings(**budget, seed=seed, progress=progress, log_every=50), out=Path(args.out) / f"{name}_seed{seed}", meta={"preset": recipe.name})
+            points = image_frontier(trainer.module.cpu().eval(), captions, data.vocab, num_samples=args.t2i_samples, judge=judge, seed=seed)
+            curves[name].append(points)
+            print(f"== {FRONTIER_MODELS[name]}, seed {seed} ({time.perf_counter() - t0:.0f}s): " + "; ".join(f"{p.label} {p.accuracy:.3f}/{p.coverage:.3f}" for p in points), flush=True)
+    return curves
+
+
 def load_frontiers(folders: list[str]) -> dict[str, list[list[FrontierPoint]]]:
     r"""Merges the ``frontier.json`` of runs made separately (e.g. one process per seed)."""
     curves: dict[str, list[list[FrontierPoint]]] = {}
@@ -238,14 +277,20 @@ def run_frontier(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     start = time.perf_counter()
     out = Path(args.out)
-    curves = load_frontiers(args.combine) if args.combine else train_frontier(args, progress)
-    png = plot_frontier({FRONTIER_MODELS[k]: v for k, v in curves.items()}, Path(args.figure),
-                        title=f"shapes data, {args.test_images} test images x {args.num_samples} samples, {len(next(iter(curves.values())))} seeds")
+    images = args.task == "t2i-frontier"
+    curves = load_frontiers(args.combine) if args.combine else (train_image_frontier if images else train_frontier)(args, progress)
+    seeds = len(next(iter(curves.values())))
+    if images:
+        png = plot_frontier({FRONTIER_MODELS[k]: v for k, v in curves.items()}, Path(args.figure), xlabel="free-attribute spread (0..1)",
+                            ylabel="images judged true of their caption", title=f"text-to-image, {args.t2i_captions} test captions x {args.t2i_samples} images, {seeds} seeds")
+    else:
+        png = plot_frontier({FRONTIER_MODELS[k]: v for k, v in curves.items()}, Path(args.figure),
+                            title=f"shapes data, {args.test_images} test images x {args.num_samples} samples, {seeds} seeds")
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s)"
     md = "\n".join([
         f"Command: `python benchmarks/quality.py {' '.join(sys.argv[1:])}`  ",
         f"Machine: {machine}; {time.perf_counter() - start:.0f}s. Budget per model and seed: {args.steps or 'the recipe'} steps.  ",
-        "", frontier_table(curves), "", *equal_accuracy_ratios(curves), "", f"![frontier]({png})",
+        "", frontier_table(curves, images), "", *equal_accuracy_ratios(curves), "", f"![frontier]({png})",
     ])
     out.mkdir(parents=True, exist_ok=True)
     (out / "frontier.md").write_text(md + "\n")
@@ -257,7 +302,7 @@ def run_frontier(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
-    if args.task == "frontier":
+    if args.task in ("frontier", "t2i-frontier"):
         return run_frontier(args)
     warnings.filterwarnings("ignore", message=r"SPICE is left out")
     progress = not args.no_progress

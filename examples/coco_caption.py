@@ -48,8 +48,7 @@ import flowkit
 from flowkit.data import load_caption_data
 from flowkit.data.coco import load_image, pil_to_tensor, read_splits
 from flowkit.data.features import extract_features, shapes_trunk_features
-from flowkit.data.judges import cache_dir
-from flowkit.data.shapes import DEFAULT_SIZES, export_coco
+from flowkit.data.shapes import DEFAULT_SIZES, export_coco, shapes_export_root
 from flowkit.evaluation import evaluate_captioning, format_captioning_table, probe_image_codes, scenes_from_export, write_report
 from flowkit.evaluation.diagnostics import caption_validator
 from flowkit.evaluation.frontier import caption_frontier, lnfmm_settings, plot_frontier
@@ -90,12 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def export_shapes(args: argparse.Namespace, sizes: dict[str, int]) -> Path:
     r"""Exports the shapes data to COCO format once (idempotent) and returns the folder."""
-    if args.export_root is not None:
-        root = Path(args.export_root)
-    elif sizes == DEFAULT_SIZES and args.data_seed == 0:
-        root = cache_dir() / "shapes_coco"
-    else:
-        root = cache_dir() / f"shapes_coco_{sizes['train']}_{sizes['val']}_{sizes['test']}_seed{args.data_seed}"
+    root = Path(args.export_root) if args.export_root is not None else shapes_export_root(sizes, args.data_seed)
     return export_coco(root, sizes=sizes, seed=args.data_seed, progress=not args.no_progress)
 
 

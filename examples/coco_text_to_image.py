@@ -1,17 +1,29 @@
 #!/usr/bin/env python
-r"""Text-to-image with LNFMM: diverse images for a few captions, saved as a PNG grid.
+r"""Text-to-image with LNFMM: diverse images for captions, judged, and saved as a PNG grid.
 
 The caption fixes some attributes ("a red circle" says nothing of size or position); LNFMM's
 image prior :math:`p(z'_v \mid z_s)` fills in the rest, so samples of one caption differ where
-the caption leaves them free. Trains ``LNFMMConfig.small()`` on the embedded shapes data (or
-loads a run with ``--checkpoint``), draws images for each caption, judges them with the
-attribute classifier (accuracy against the caption, spread of the free attributes) and saves
-``OUT/text_to_image.png``.
+the caption leaves them free.
+
+What it does, with no arguments:
+
+1. exports the embedded shapes dataset in COCO format to ``$FLOWKIT_CACHE/shapes_coco`` (the
+   main job's folder; done once) and loads it back through the COCO path as pixels;
+2. trains the text-to-image recipe (``flowkit.models.lnfmm.recipes.text_to_image_recipe``:
+   the pre-trained shapes trunk as the image encoder, standardized shared codes, the image
+   decoded from the caption's shared code with a perceptual term; ``docs/lnfmm.md``);
+3. draws ``--num-samples`` images for the first caption of each of ``--test-images`` test
+   images and judges them with the attribute classifier (a network the model never saw):
+   the fraction of images true of their caption, and the spread of the attributes each
+   caption leaves free (normalized entropy, 0..1), at temperatures 0, 0.5 and 1;
+4. writes ``OUT/results.json`` (``text_to_image.accuracy`` and
+   ``text_to_image.free_attribute_spread`` at temperature 1, the frontier over temperatures)
+   and ``OUT/text_to_image.png`` (samples for four display captions and a few test captions).
 
 Usage::
 
-    python examples/coco_text_to_image.py                           # train ~3 minutes, then draw
-    python examples/coco_text_to_image.py --checkpoint runs/coco_caption/run
+    python examples/coco_text_to_image.py                           # train, then draw (under 10 minutes)
+    python examples/coco_text_to_image.py --checkpoint runs/text_to_image/run
     python examples/coco_text_to_image.py --caption "a large green star" --caption "a circle above a square"
     python examples/coco_text_to_image.py --tiny                    # a smoke run of seconds
 """
@@ -19,81 +31,118 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
-import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from flowkit.data import load_caption_data
+from flowkit.data import CaptionData, Vocabulary, load_caption_data
 from flowkit.data.judges import ClassifierConfig, free_attribute_spread, get_attribute_classifier, image_caption_accuracy
+from flowkit.data.shapes import DEFAULT_SIZES, export_coco, shapes_export_root
 from flowkit.evaluation import load_model, plot_image_grid, sample_images_for_captions
-from flowkit.models import LNFMMConfig
+from flowkit.evaluation.frontier import image_frontier
+from flowkit.training.checkpoint import atomic_write_text
+from flowkit.models.lnfmm.recipes import text_to_image_recipe
 from flowkit.training import TrainSettings, train
 
 CAPTIONS = ["a red circle", "a large blue square", "a small yellow star in the bottom row", "a green triangle to the left of a purple circle"]
+TEMPERATURES = (0.0, 0.5, 1.0)  # the last is the reported one
+TINY = {"sizes": {"train": 120, "val": 8, "test": 8}, "steps": 20, "batch_size": 16, "test_images": 4}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Diverse text-to-image samples from LNFMM, as a PNG grid.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default=None, help="a trained run folder (e.g. from examples/coco_caption.py or flowkit train); default: train one")
-    p.add_argument("--caption", action="append", default=None, help="a caption (repeatable); default four shapes captions")
-    p.add_argument("--num-samples", type=int, default=8, help="images per caption")
-    p.add_argument("--temperature", type=float, default=1.0, help="scales the image prior's base samples")
-    p.add_argument("--steps", type=int, default=1000, help="training steps when no --checkpoint is given")
-    p.add_argument("--train-images", type=int, default=2000, help="training images of the shapes data")
+    p = argparse.ArgumentParser(description="Diverse text-to-image samples from LNFMM, judged, as a PNG grid.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", default=None, help="a trained text-to-image run folder; default: train one")
+    p.add_argument("--caption", action="append", default=None, help="a display caption (repeatable); default four shapes captions")
+    p.add_argument("--num-samples", type=int, default=16, help="images per caption")
+    p.add_argument("--test-images", type=int, default=100, help="test captions judged (the first caption of each test image)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's budget)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the embedded dataset")
     p.add_argument("--seed", type=int, default=0, help="seed of the training and of the sampling")
-    p.add_argument("--out", default="runs/text_to_image", help="output folder (the run in OUT/run, the grid in OUT/text_to_image.png)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads; 1 is fastest on 2 shared cores")
-    p.add_argument("--tiny", action="store_true", help="a smoke run: 120 training images, 20 steps, a quickly trained judge")
+    p.add_argument("--out", default="runs/text_to_image", help="output folder (the run in OUT/run, results.json and the grid in OUT)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (the job runs alone on 2 cores)")
+    p.add_argument("--tiny", action="store_true", help="a smoke run: 120 training images, 20 steps, 4 test captions, a quickly trained judge")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p.parse_args(argv)
+
+
+def load_data(args: argparse.Namespace) -> CaptionData:
+    r"""The embedded data as pixels, through the COCO export (shared with the main job)."""
+    sizes = dict(TINY["sizes"]) if args.tiny else dict(DEFAULT_SIZES)
+    root = export_coco(shapes_export_root(sizes, args.data_seed), sizes=sizes, seed=args.data_seed, progress=not args.no_progress)
+    return load_caption_data("coco", root=root, split_scheme="coco", progress=not args.no_progress)
+
+
+def train_model(args: argparse.Namespace, data: CaptionData, out: Path) -> torch.nn.Module:
+    recipe = text_to_image_recipe()
+    settings = recipe.settings()
+    if args.tiny:
+        settings.update(steps=TINY["steps"], batch_size=TINY["batch_size"])
+    if args.steps is not None:
+        settings["steps"] = args.steps
+    settings.update(validate_every=0, seed=args.seed, progress=not args.no_progress)
+    meta = {"data": "coco", "data_seed": args.data_seed, "preset": "text_to_image"}
+    config = recipe.config.replace(image_encoder_init_steps=20) if args.tiny else recipe.config
+    trainer = train(config, data, TrainSettings(**settings), out=out / "run", meta=meta)
+    return trainer.module.cpu().eval()
+
+
+def judge_captions(model: torch.nn.Module, captions: list[str], vocab: Vocabulary, judge: Any, args: argparse.Namespace) -> dict[str, Any]:
+    r"""Accuracy and free-attribute spread of generated images at each temperature."""
+    points = image_frontier(model, captions, vocab, TEMPERATURES, args.num_samples, judge, seed=args.seed, progress=not args.no_progress)
+    for p in points:
+        print(f"[judge] {p.label:<6} accuracy {p.accuracy:.3f}  free-attribute spread {p.coverage:.3f} ({p.distinct:.0f}/{len(captions)} captions with a true image)")
+    frontier = [{"temperature": t, "accuracy": p.accuracy, "free_attribute_spread": _finite(p.coverage), "captions_with_a_true_image": int(p.distinct)} for t, p in zip(TEMPERATURES, points)]
+    return {"accuracy": points[-1].accuracy, "free_attribute_spread": _finite(points[-1].coverage), "frontier": frontier}
+
+
+def _finite(x: float) -> float | None:
+    return None if math.isnan(x) else x  # JSON has no NaN
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
-    progress = not args.no_progress
     start = time.perf_counter()
     out = Path(args.out)
+    data = load_data(args)
     if args.checkpoint is not None:
         model, ckpt = load_model(args.checkpoint)
-        from flowkit.data import Vocabulary
-
         vocab = Vocabulary.from_dict(dict(ckpt["vocab"]))
         print(f"[model] loaded {args.checkpoint} (step {ckpt['step']})")
     else:
-        sizes = {"train": 120, "val": 4, "test": 4} if args.tiny else {"train": args.train_images, "val": 50, "test": 50}
-        steps = 20 if args.tiny else args.steps
-        data = load_caption_data("shapes", sizes=sizes, seed=0, progress=progress)
-        meta = {"data": {"data": "shapes", "sizes": sizes, "data_seed": 0}, "preset": "small"}
-        config = LNFMMConfig.small(image_encoder_init_steps=20) if args.tiny else LNFMMConfig.small()
-        trainer = train(config, data, TrainSettings(steps=steps, batch_size=16 if args.tiny else 32, seed=args.seed, progress=progress), out=out / "run", meta=meta)
-        model, vocab = trainer.module.cpu().eval(), data.vocab
-        print(f"[train] {steps} steps in {time.perf_counter() - start:.0f}s -> {out / 'run'}")
+        model, vocab = train_model(args, data, out), data.vocab
+        print(f"[train] done in {time.perf_counter() - start:.0f}s -> {out / 'run'}")
     if not model.config.pixels:
-        raise SystemExit("this model works on image features and cannot draw images")
+        raise SystemExit("this model works on image features and cannot draw images; train the text-to-image recipe")
 
-    captions = args.caption or CAPTIONS
-    images = sample_images_for_captions(model, captions, vocab, args.num_samples, args.temperature, seed=args.seed, progress=progress)
-    path = plot_image_grid(captions, images, out / "text_to_image.png", max_samples=args.num_samples, title=f"{args.num_samples} samples per caption")
+    judge = get_attribute_classifier(ClassifierConfig(train_size=256, test_size=64, epochs=1) if args.tiny else None, progress=not args.no_progress)
+    n = min(TINY["test_images"] if args.tiny else args.test_images, len(data.test))
+    test_captions = [data.references["test"][int(data.test[i]["image_id"])][0] for i in range(n)]
+    results = judge_captions(model, test_captions, vocab, judge, args)
 
-    # the judge: a small classifier reading the scene off an image (trained once, cached)
-    judge_cfg = ClassifierConfig(train_size=256, test_size=64, epochs=1) if args.tiny else None
-    judge = get_attribute_classifier(judge_cfg, progress=progress)
-    print(f"\n{'caption':<52} {'accuracy':>8} {'spread':>7}  (classifier accuracy against the caption; entropy of free attributes, 0..1)")
-    for c, imgs in zip(captions, images):
+    display = (args.caption or CAPTIONS) + test_captions[:4]
+    images = sample_images_for_captions(model, display, vocab, args.num_samples, 1.0, seed=args.seed)
+    grid = plot_image_grid(display, images, out / "text_to_image.png", max_samples=min(8, args.num_samples), title="samples at temperature 1")
+    print(f"\n{'caption':<52} {'accuracy':>8} {'spread':>7}")
+    for c, imgs in zip(display, images):
         try:
-            acc = image_caption_accuracy(imgs, c, judge)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                spread = free_attribute_spread(imgs, c, judge)["mean"]
-            shown = "n/a" if spread != spread else f"{spread:.2f}"  # NaN: no image matched the caption
-            print(f"{c:<52} {acc:>8.2f} {shown:>7}")
+            acc, spread = image_caption_accuracy(imgs, c, judge), free_attribute_spread(imgs, c, judge)["mean"]
+            print(f"{c:<52} {acc:>8.2f} {'n/a' if math.isnan(spread) else f'{spread:.2f}':>7}")
         except ValueError as e:  # not a caption of the shapes grammar
             print(f"{c:<52} {'n/a':>8} {'n/a':>7}  ({e})")
-    print(f"\n[done] {len(captions)} captions x {args.num_samples} images -> {path} ({time.perf_counter() - start:.0f}s)")
+
+    record = {"text_to_image": {**results, "test_captions": n, "samples_per_caption": args.num_samples, "judge": "shapes attribute classifier (seed 7919)"},
+              "seconds": time.perf_counter() - start, "grid": str(grid)}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps(record, indent=2))
+    spread = results["free_attribute_spread"]
+    print(f"\n[done] accuracy {results['accuracy']:.3f}, free-attribute spread {'n/a' if spread is None else f'{spread:.3f}'} at T=1 "
+          f"-> {out / 'results.json'}, {grid} ({time.perf_counter() - start:.0f}s)")
     return 0
 
 

@@ -53,7 +53,7 @@ def test_pretraining_is_seeded_cached_and_rng_neutral(_cache: Path) -> None:
 def test_config_checks_the_options() -> None:
     with pytest.raises(ValueError, match="image_encoder_init='imagenet' is not one of"):
         LNFMMConfig.small(image_encoder_init="imagenet")
-    with pytest.raises(ValueError, match="apply to the 'conv' image encoder, not 'features'"):
+    with pytest.raises(ValueError, match="freeze_image_trunk applies to the 'conv' and 'cells' image encoders, not 'features'"):
         LNFMMConfig.paper(freeze_image_trunk=True)
     model = LNFMM(LNFMMConfig.small(vocab_size=20, freeze_image_trunk=True))
     names = {g["name"]: g for g in model.optimizer_groups()}

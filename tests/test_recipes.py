@@ -10,7 +10,7 @@ from flowkit.data import load_caption_data
 from flowkit.data.features import extract_features
 from flowkit.data.shapes import export_coco
 from flowkit.models import LNFMM, LNFMMConfig
-from flowkit.models.lnfmm.recipes import RECIPES, Recipe, captioner_baseline, captioning_recipe, cvae_baseline
+from flowkit.models.lnfmm.recipes import RECIPES, Recipe, captioner_baseline, captioning_recipe, cvae_baseline, text_to_image_recipe
 from flowkit.training import TrainSettings, train
 
 TINY = dict(
@@ -31,8 +31,14 @@ def test_recipes_are_one_model_class_with_documented_choices():
     assert all(getattr(sup, f"lambda_{k}") == 0 for k in ("kl_t", "kl_v", "logdet", "align", "rec_t", "rec_v"))
     cvae = cvae_baseline().config
     assert cvae.prior == "gaussian" and cvae.kl_free_nats > 0
-    # the same budget and data route for every model of the comparison
-    assert {(r().steps, r().batch_size, r().image_input) for r in RECIPES.values()} == {(cap.steps, cap.batch_size, "features")}
+    # the same budget and data route for every model of a comparison (captioning; text-to-image)
+    captioning = [RECIPES[k] for k in ("captioning", "captioner", "cvae")]
+    assert {(r().steps, r().batch_size, r().image_input) for r in captioning} == {(cap.steps, cap.batch_size, "features")}
+    t2i = text_to_image_recipe()
+    assert {(r().steps, r().batch_size, r().image_input) for r in (RECIPES["text_to_image"], RECIPES["text_to_image_deterministic"])} == {
+        (t2i.steps, t2i.batch_size, "pixels")
+    }
+    assert set(RECIPES) == {"captioning", "captioner", "cvae", "text_to_image", "text_to_image_deterministic"}
     assert captioning_recipe(word_dropout=0.1).config.word_dropout == 0.1
 
 

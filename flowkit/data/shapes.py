@@ -73,6 +73,7 @@ __all__ = [
     "image_id",
     "ShapesCaptions",
     "export_coco",
+    "shapes_export_root",
     "plot_samples",
     "DEFAULT_SIZES",
 ]
@@ -333,6 +334,24 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
 
 
 _MARKER = ".flowkit_export.json"
+
+
+def shapes_export_root(sizes: Mapping[str, int] | None = None, seed: int = 0) -> Path:
+    r"""The cache folder of the COCO export of the shapes data of ``sizes`` and ``seed``.
+
+    The default data (:data:`DEFAULT_SIZES`, seed 0) lives in ``$FLOWKIT_CACHE/shapes_coco``,
+    shared by the examples; other sizes and seeds get their own folder.
+
+    Example:
+        >>> shapes_export_root({"train": 120, "val": 8, "test": 8}, seed=3).name
+        'shapes_coco_120_8_8_seed3'
+    """
+    from flowkit.data.judges import cache_dir  # noqa: PLC0415 (judges imports this module)
+
+    sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
+    if sizes == DEFAULT_SIZES and seed == 0:
+        return cache_dir() / "shapes_coco"
+    return cache_dir() / f"shapes_coco_{sizes['train']}_{sizes['val']}_{sizes['test']}_seed{seed}"
 
 
 def export_coco(

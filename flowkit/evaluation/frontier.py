@@ -8,6 +8,8 @@ fraction of samples true of their image) and coverage (the fraction of an image'
 caption meanings reached), :mod:`flowkit.data.judges`.
 
 * :func:`caption_frontier` samples one model at several settings and returns a point each.
+* :func:`image_frontier` does the same for text-to-image: the attribute classifier's accuracy
+  against the spread of the attributes a caption leaves free (``coverage`` holds the spread).
 * :func:`plot_frontier` draws the curves of several models (mean and spread over seeds).
 """
 
@@ -25,7 +27,7 @@ from torch import nn
 from flowkit.data.grammar import Scene
 from flowkit.data.judges import caption_accuracy, caption_coverage
 
-__all__ = ["FRONTIER_TEMPERATURES", "FrontierPoint", "caption_frontier", "lnfmm_settings", "captioner_settings", "plot_frontier"]
+__all__ = ["FRONTIER_TEMPERATURES", "FrontierPoint", "caption_frontier", "image_frontier", "lnfmm_settings", "captioner_settings", "plot_frontier"]
 
 #: The prior (or word) temperatures of the sweep.
 FRONTIER_TEMPERATURES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -99,11 +101,60 @@ def caption_frontier(
     return points
 
 
+def image_frontier(
+    model: nn.Module,
+    captions: Sequence[str],
+    vocab: Any,
+    temperatures: Sequence[float] = FRONTIER_TEMPERATURES,
+    num_samples: int = 16,
+    judge: Any = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[FrontierPoint]:
+    r"""Text-to-image: judged accuracy and free-attribute spread at each prior temperature.
+
+    For each temperature, ``num_samples`` images per caption are drawn
+    (:func:`~flowkit.evaluation.sample_images_for_captions`) and read by the attribute
+    classifier: ``accuracy`` is the fraction of images true of their caption, ``coverage``
+    the mean over captions of :func:`~flowkit.data.judges.free_attribute_spread` (normalized
+    entropy, 0..1, of what the caption leaves free, over its true images; captions without a
+    true image are left out, NaN when none has one), ``distinct`` the number of captions with
+    a true image.
+
+    Arguments:
+        model: A trained :class:`~flowkit.models.LNFMM` that generates pixels.
+        captions: Captions of the shapes grammar (e.g. the first caption of each test image).
+        vocab: The model's vocabulary.
+        temperatures: Prior temperatures.
+        num_samples: Images per caption.
+        judge: The attribute classifier (default :func:`~flowkit.data.judges.get_attribute_classifier`).
+        seed: The sampling seed.
+        progress: Show progress bars.
+    """
+    import math
+
+    from flowkit.data.judges import free_attribute_spread, get_attribute_classifier, image_caption_accuracy
+    from flowkit.evaluation.text_to_image import sample_images_for_captions
+
+    judge = judge if judge is not None else get_attribute_classifier(progress=progress)
+    points = []
+    for t in temperatures:
+        images = sample_images_for_captions(model, captions, vocab, num_samples, t, seed=seed, progress=progress)
+        accuracy = image_caption_accuracy(images.flatten(0, 1), [c for c in captions for _ in range(num_samples)], judge)
+        spreads = [free_attribute_spread(imgs, c, judge)["mean"] for imgs, c in zip(images, captions)]
+        spreads = [v for v in spreads if not math.isnan(v)]
+        spread = float(np.mean(spreads)) if spreads else float("nan")
+        points.append(FrontierPoint(f"T={t:g}", accuracy, spread, float(len(spreads))))
+    return points
+
+
 def plot_frontier(
     curves: Mapping[str, Sequence[Sequence[FrontierPoint]]],
     path: str | os.PathLike[str],
     title: str = "Accuracy against coverage (shapes data, exact judges)",
     reference_coverage: float | None = None,
+    xlabel: str = "coverage of the true caption meanings",
+    ylabel: str = "ground-truth accuracy of samples",
 ) -> Path:
     r"""Draws ground-truth accuracy against coverage, one curve per model, as a PNG.
 
@@ -115,6 +166,8 @@ def plot_frontier(
         path: The PNG file.
         title: The figure title.
         reference_coverage: Optional coverage of the dataset's own references (a dotted line).
+        xlabel, ylabel: The axes' labels (text-to-image: the free-attribute spread and the
+            judged accuracy).
 
     Example:
         >>> p = FrontierPoint("T=1", 0.6, 0.12, 30.0)
@@ -137,8 +190,8 @@ def plot_frontier(
             ax.annotate(p.label, (x[k], y[k]), textcoords="offset points", xytext=(4, 3), fontsize=6, color=line.get_color())
     if reference_coverage is not None:
         ax.axvline(reference_coverage, ls=":", color="0.5", label="5 references' coverage")
-    ax.set_xlabel("coverage of the true caption meanings")
-    ax.set_ylabel("ground-truth accuracy of samples")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.02)
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)

@@ -123,12 +123,20 @@ def initialize_image_encoder(model: nn.Module, progress: bool = False) -> bool:
 
     ``"shapes-attributes"`` loads :func:`pretrain_shapes_encoder` weights (for the model's
     ``conv_encoder_channels``, ``image_encoder_hidden`` and ``image_encoder_init_steps``) into
-    the conv encoder's trunk; ``"random"`` does nothing. :func:`flowkit.training.train` calls
+    the conv encoder's trunk; ``"shapes-trunk"`` loads the cells encoder's CNN from
+    :func:`flowkit.data.features.shapes_trunk`; ``"random"`` does nothing. :func:`flowkit.training.train` calls
     it for new runs (not when resuming: the checkpoint holds the weights).
     """
     cfg = model.config
     if cfg.image_encoder_init == "random":
         return False
+    if cfg.image_encoder_init == "shapes-trunk":
+        from flowkit.data.features import shapes_trunk
+
+        cells = shapes_trunk(progress=progress).net[:-1]
+        model.image_encoder.cells.load_state_dict(cells.state_dict())
+        model.image_trunk_initialized = True
+        return True
     if cfg.image_encoder != "conv":
         raise ValueError(f"image_encoder_init={cfg.image_encoder_init!r} needs the 'conv' image encoder, not {cfg.image_encoder!r}")
     trunk = pretrain_shapes_encoder(

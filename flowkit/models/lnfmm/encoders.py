@@ -11,7 +11,7 @@ from einops import rearrange, reduce
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-__all__ = ["FeatureEncoder", "ConvEncoder", "VGG16Encoder", "TextEncoder", "load_torchvision"]
+__all__ = ["FeatureEncoder", "ConvEncoder", "CellEncoder", "VGG16Encoder", "TextEncoder", "load_torchvision"]
 
 
 def load_torchvision():  # -> module
@@ -118,8 +118,67 @@ class ConvEncoder(nn.Module):
             )
         self.load_state_dict(state, strict=False)
 
+    def freeze_trunk(self) -> None:
+        r"""Keeps the trunk (convolutions and hidden layer) fixed; the code head still trains."""
+        self.convs.requires_grad_(False)
+        self.body.requires_grad_(False)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         return self.head(self.trunk(x))
+
+
+class CellEncoder(nn.Module):
+    r"""A per-cell CNN for 64x64 shapes images -> MLP -> code.
+
+    The image is cut into the 3x3 grid's 9 overlapping cell crops; one shared CNN (the
+    architecture of the shapes attribute classifier, :class:`flowkit.data.judges.AttributeClassifier`,
+    without its read-out) gives 64 features per cell, 576 in all, the input of the same MLP as
+    :class:`FeatureEncoder`'s. Loaded with the pre-trained shapes trunk
+    (``image_encoder_init="shapes-trunk"``) and frozen, it computes in the model exactly the
+    features that :func:`flowkit.data.features.shapes_trunk_features` extracts into a file,
+    while the data stay pixels, which the image decoder needs as its target.
+
+    Arguments:
+        hidden: The MLP's hidden width.
+        code_dim: The code size.
+        learned_variance: Also predict the log-variance.
+        width: Channels of the cell CNN's first convolution (the trunk's: 16).
+
+    Example:
+        >>> enc = CellEncoder(16, 6)
+        >>> enc(torch.rand(2, 3, 64, 64))[0].shape
+        torch.Size([2, 6])
+    """
+
+    def __init__(self, hidden: int, code_dim: int, learned_variance: bool = False, width: int = 16) -> None:
+        super().__init__()
+        from flowkit.data.judges import AttributeClassifier  # noqa: PLC0415 (the data layer's CNN)
+
+        self.cells = AttributeClassifier(width).net[:-1]  # all but the read-out
+        self.body = nn.Sequential(nn.Linear(9 * 64, hidden), nn.ReLU())
+        self.head = _Head(hidden, code_dim, learned_variance)
+        self.trunk_frozen = False
+
+    def freeze_trunk(self) -> None:
+        r"""Keeps the cell CNN fixed, batch norm statistics included; the MLP still trains."""
+        self.cells.requires_grad_(False)
+        self.trunk_frozen = True
+        self.cells.eval()
+
+    def train(self, mode: bool = True) -> "CellEncoder":
+        super().train(mode)
+        if self.trunk_frozen:
+            self.cells.eval()  # a frozen trunk is a fixed function: running statistics always
+        return self
+
+    def trunk(self, x: Tensor) -> Tensor:
+        r"""The cell features ``(B, 576)`` of ``(B, 3, 64, 64)`` images in [0, 1]."""
+        from flowkit.data.judges import _crops  # noqa: PLC0415
+
+        return self.cells(_crops(x).flatten(0, 1)).reshape(len(x), -1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        return self.head(self.body(self.trunk(x)))
 
 
 class VGG16Encoder(nn.Module):

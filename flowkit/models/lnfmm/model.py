@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from flowkit.models.lnfmm.config import LNFMMConfig
 from flowkit.models.lnfmm.decoders import Discriminator64, FeatureDecoder, Generator64, TextDecoder
-from flowkit.models.lnfmm.encoders import ConvEncoder, FeatureEncoder, TextEncoder, VGG16Encoder
+from flowkit.models.lnfmm.encoders import CellEncoder, ConvEncoder, FeatureEncoder, TextEncoder, VGG16Encoder
 from flowkit.models.lnfmm.priors import ConditionalGaussian, build_fs, build_prior_flow
 from flowkit.models.lnfmm.sampling import beam_search, greedy_decode, sample_decode
 
@@ -95,6 +95,8 @@ class LNFMM(nn.Module):
             self.image_encoder: nn.Module = FeatureEncoder(cfg.image_feature_dim, cfg.image_encoder_hidden, cfg.image_code_dim, lv)
         elif cfg.image_encoder == "conv":
             self.image_encoder = ConvEncoder(cfg.conv_encoder_channels, cfg.image_encoder_hidden, cfg.image_code_dim, lv)
+        elif cfg.image_encoder == "cells":
+            self.image_encoder = CellEncoder(cfg.image_encoder_hidden, cfg.image_code_dim, lv)
         else:
             self.image_encoder = VGG16Encoder(cfg.image_encoder_hidden, cfg.image_code_dim, lv, cfg.vgg16_weights)
         if cfg.freeze_image_encoder:
@@ -102,8 +104,7 @@ class LNFMM(nn.Module):
             self.image_encoder.requires_grad_(False)
         if cfg.freeze_image_trunk:
             # a pre-trained trunk keeps its features; the code head still adapts
-            self.image_encoder.convs.requires_grad_(False)
-            self.image_encoder.body.requires_grad_(False)
+            self.image_encoder.freeze_trunk()
         # image_encoder_init is applied by flowkit.training (initialize_image_encoder) or comes
         # with loaded weights; training without it (a frozen random trunk) gets a warning
         self.image_trunk_initialized = cfg.image_encoder_init == "random"
@@ -420,10 +421,13 @@ class LNFMM(nn.Module):
                 log_p = self.f_v.log_prob(zp_v, context=ctx_v)
                 log_q = _gaussian_log_q(eps_v[:, S:], std_v[:, S:])
                 terms["kl_v"] = (log_q - log_p).mean()
-            terms["rec_v"] = self._image_error(images, self.image_decoder(z_v)).mean()
+            feats = self._trunk_features(images)
+            # with lambda_rec_v = 0 (text-to-image recipe) the term is only a diagnostic: no graph
+            with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.lambda_rec_v > 0):
+                terms["rec_v"] = self._image_error(images, self.image_decoder(z_v), feats).mean()
             if paired and cfg.lambda_cross_v > 0:
                 # the image from the caption's shared code: what text-to-image decodes
-                cross = self._image_error(images, self.image_decoder(torch.cat([back, zp_v], dim=1)))
+                cross = self._image_error(images, self.image_decoder(torch.cat([back, zp_v], dim=1)), feats)
                 terms["cross_v"] = _masked_mean(cross, weight)
             if self.discriminator is not None:
                 # eval mode: the prior's mode (temperature 0), so eval losses are deterministic
@@ -453,11 +457,24 @@ class LNFMM(nn.Module):
         nll = F.cross_entropy(rearrange(logits, "b t v -> b v t"), captions[:, 1:].long(), ignore_index=0, reduction="none")
         return nll.sum(dim=1)
 
-    def _image_error(self, images: Tensor, recon: Tensor) -> Tensor:
-        r"""Per-row reconstruction error, L1 or squared, summed over pixels (or features)."""
+    def _image_error(self, images: Tensor, recon: Tensor, target_features: Tensor | None = None) -> Tensor:
+        r"""Per-row reconstruction error, L1 or squared, summed over pixels (or features), plus
+        ``image_perceptual`` times the squared distance of the frozen trunk's features."""
         diff = recon - images
         err = diff.abs() if self.config.image_rec_loss == "l1" else diff.square()
-        return rearrange(err, "b ... -> b (...)").sum(dim=1)
+        err = rearrange(err, "b ... -> b (...)").sum(dim=1)
+        if self.config.image_perceptual > 0:
+            if target_features is None:
+                target_features = self._trunk_features(images)
+            err = err + self.config.image_perceptual * (self.image_encoder.trunk(recon) - target_features).square().sum(dim=1)
+        return err
+
+    def _trunk_features(self, images: Tensor) -> Tensor | None:
+        r"""The frozen image trunk's features of the data (the perceptual term's target)."""
+        if self.config.image_perceptual <= 0:
+            return None
+        with torch.no_grad():
+            return self.image_encoder.trunk(images)
 
     # ------------------------------------------------------------------------------------------
     # GAN (text-to-image)

@@ -23,7 +23,7 @@ from typing import Any
 
 from flowkit.models.lnfmm.config import LNFMMConfig
 
-__all__ = ["Recipe", "captioning_recipe", "captioner_baseline", "cvae_baseline", "RECIPES"]
+__all__ = ["Recipe", "captioning_recipe", "captioner_baseline", "cvae_baseline", "text_to_image_recipe", "text_to_image_baseline", "RECIPES"]
 
 
 @dataclass(frozen=True)
@@ -103,4 +103,40 @@ def cvae_baseline(**overrides: Any) -> Recipe:
     return dataclasses.replace(captioning_recipe(**base), name="cvae")
 
 
-RECIPES = {"captioning": captioning_recipe, "captioner": captioner_baseline, "cvae": cvae_baseline}
+def text_to_image_recipe(**overrides: Any) -> Recipe:
+    r"""Diverse text-to-image on pixels (:meth:`LNFMMConfig.text_to_image`).
+
+    Arguments:
+        overrides: Config fields to change.
+
+    Example:
+        >>> r = text_to_image_recipe()
+        >>> r.config.image_encoder, r.image_input
+        ('cells', 'pixels')
+    """
+    return Recipe("text_to_image", LNFMMConfig.text_to_image(**overrides), steps=1500, batch_size=32, image_input="pixels", lr_schedule="cosine")
+
+
+def text_to_image_baseline(**overrides: Any) -> Recipe:
+    r"""The deterministic caption -> image decoder: the text-to-image recipe without :math:`z'_v`.
+
+    ``image_specific_dim=0`` (LNFMM-TXT: no :math:`z'_v`, no :math:`f_v`): every image of a
+    caption is the same, decoded from the caption's shared code alone; the baseline that
+    shows what the image prior adds.
+
+    Example:
+        >>> text_to_image_baseline().config.image_specific_dim
+        0
+    """
+    base: dict[str, Any] = dict(image_specific_dim=0, notes={"preset": "text-to-image baseline"})
+    base.update(overrides)
+    return dataclasses.replace(text_to_image_recipe(**base), name="text_to_image_deterministic")
+
+
+RECIPES = {
+    "captioning": captioning_recipe,
+    "captioner": captioner_baseline,
+    "cvae": cvae_baseline,
+    "text_to_image": text_to_image_recipe,
+    "text_to_image_deterministic": text_to_image_baseline,
+}
