@@ -36,6 +36,7 @@ from flowkit.testing.checks import (
     layer_name,
     randomize_parameters,
 )
+from flowkit.testing.compare import Comparison, compare
 from flowkit.testing.registry import (
     LayerSpec,
     get_base,
@@ -58,6 +59,8 @@ __all__ = [
     "check_shared_context",
     "check_transform",
     "check_base",
+    "Comparison",
+    "compare",
     "jacobian_log_det",
     "layer_name",
     "randomize_parameters",
