@@ -20,7 +20,8 @@ from flowkit.data.judges import (
     inception_score,
     train_attribute_classifier,
 )
-from flowkit.data.shapes import Scene, SceneObject, ShapesCaptions, all_true_captions, all_true_constraints
+from flowkit.data.grammar import all_true_captions, all_true_constraints
+from flowkit.data.shapes import Scene, SceneObject, ShapesCaptions
 
 A = Scene((SceneObject("circle", "red", "small", 0, 0), SceneObject("square", "blue", "large", 0, 2)))
 B = Scene((SceneObject("star", "green", "large", 2, 1),))
