@@ -18,6 +18,7 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from flowkit._validation import check_positive_int
 from flowkit.builders import glow
 from flowkit.distributions import Flow
 from flowkit.nn import MLP
@@ -91,8 +92,7 @@ def build_prior_flow(
         >>> fv.log_prob(torch.randn(3, 4), context=c).shape, fv.sample(5, context=c).shape
         (torch.Size([3]), torch.Size([3, 5, 4]))
     """
-    if not isinstance(context_features, int) or context_features < 1:
-        raise ValueError(f"a prior p(z' | z_s) needs context_features >= 1, got {context_features!r}")
+    context_features = check_positive_int("context_features (a prior p(z' | z_s) needs one)", context_features)
     return glow(
         features,
         context_features,
