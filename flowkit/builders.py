@@ -61,6 +61,7 @@ def glow(
         seed: Seeds the initial rotations of the 1x1 layers (step k uses ``seed + k``).
 
     Example:
+        >>> import torch
         >>> flow = glow(6, context_features=4, num_layers=2, hidden_features=32)
         >>> flow.log_prob(torch.randn(3, 6), context=torch.randn(3, 4)).shape
         torch.Size([3])
@@ -178,6 +179,7 @@ def nsf(
         base_std: The standard deviation of the default Gaussian base.
 
     Example:
+        >>> import torch
         >>> flow = nsf(3, context_features=2, num_layers=2, hidden_features=16)
         >>> flow.sample(5, context=torch.randn(4, 2)).shape
         torch.Size([4, 5, 3])
@@ -234,6 +236,7 @@ def maf(
         base_std: The standard deviation of the default Gaussian base.
 
     Example:
+        >>> import torch
         >>> flow = maf(4, num_layers=2, hidden_features=16, transform="spline")
         >>> flow.log_prob(torch.randn(3, 4)).shape
         torch.Size([3])

@@ -99,6 +99,7 @@ class Flow(nn.Module):
             :class:`StandardNormal`).
 
     Example:
+        >>> from flowkit import AffineCoupling, Sequential, Switch
         >>> flow = Flow(Sequential(AffineCoupling(2, 3, hidden_features=16), Switch(2)), StandardNormal(2))
         >>> c = torch.randn(4, 3)
         >>> flow.log_prob(torch.randn(4, 2), context=c).shape, flow.sample(10, context=c).shape

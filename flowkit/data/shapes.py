@@ -352,7 +352,8 @@ def export_coco(
         ``root`` as a :class:`~pathlib.Path`.
 
     Example:
-        >>> root = export_coco("/tmp/shapes_coco", sizes={"train": 20, "val": 5, "test": 5})
+        >>> import tempfile
+        >>> root = export_coco(tempfile.mkdtemp(), sizes={"train": 20, "val": 5, "test": 5})
         >>> sorted(p.name for p in (root / "annotations").iterdir())
         ['captions_test.json', 'captions_train.json', 'captions_val.json']
     """
@@ -451,8 +452,14 @@ def plot_samples(
     Returns:
         The figure (None when saved to ``path``).
 
+    ``docs/img/shapes_samples.png`` is ``plot_samples(path="docs/img/shapes_samples.png")``.
+
     Example:
-        >>> plot_samples(path="docs/img/shapes_samples.png")
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "samples.png"
+        >>> plot_samples(ShapesCaptions("train", 4, seed=0), n=4, path=path)
+        >>> path.is_file()
+        True
     """
     import matplotlib
 

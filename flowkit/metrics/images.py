@@ -286,7 +286,7 @@ def lpips_diversity(
         device: Where to run the network; default the samples' device.
         batch_size: Image pairs per network call.
 
-    Example:
+    Example (skipped in doctests: LPIPS needs torchvision and downloads its backbone weights):
         >>> lpips_diversity(torch.rand(2, 4, 3, 64, 64))  # doctest: +SKIP
         0.4...
     """

@@ -115,6 +115,7 @@ def run_property_checks(
         derandomize: Use a fixed seed (reproducible runs, as in CI).
 
     Example:
+        >>> import flowkit
         >>> run_property_checks(lambda d, c: flowkit.Reverse(d), context="never", max_examples=5)
         5
     """

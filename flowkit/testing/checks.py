@@ -270,6 +270,7 @@ def check_invertible(
         A :class:`CheckResult`, truthy when the check passed.
 
     Example:
+        >>> import flowkit
         >>> t = flowkit.AffineCoupling(4, hidden_features=8)
         >>> bool(check_invertible(t, torch.randn(3, 4)))
         True
@@ -370,6 +371,7 @@ def check_log_det(
         A :class:`CheckResult`, truthy when the check passed.
 
     Example:
+        >>> import flowkit
         >>> t = flowkit.ActNorm(4)
         >>> check_log_det(t, torch.randn(8, 4)).max_error < 1e-8
         True
@@ -547,6 +549,7 @@ def check_shared_context(
         seed: The seed of the noise that makes the S rows of a group differ.
 
     Example:
+        >>> import flowkit
         >>> t = randomize_parameters(flowkit.AffineCoupling(4, 2, hidden_features=8))
         >>> bool(check_shared_context(t, torch.randn(3, 4), torch.randn(3, 2)))
         True
@@ -605,6 +608,7 @@ def check_transform(
         A :class:`CheckResult` whose ``details`` hold each check's result.
 
     Example:
+        >>> import flowkit
         >>> t = randomize_parameters(flowkit.AffineCoupling(5, 3, hidden_features=8), seed=0)
         >>> bool(check_transform(t, torch.randn(4, 5), torch.randn(4, 3)))
         True
@@ -650,6 +654,7 @@ def randomize_parameters(
         mark_initialized: Mark data-dependent initialisation as done.
 
     Example:
+        >>> import flowkit
         >>> t = randomize_parameters(flowkit.ActNorm(3), scale=0.5, seed=1)
     """
     g = torch.Generator().manual_seed(seed)
@@ -717,6 +722,7 @@ def check_base(
         raise_on_failure: Raise :class:`CheckFailed` on a mismatch (else return the result).
 
     Example:
+        >>> import flowkit
         >>> bool(check_base(flowkit.GaussianMixture(2, 3, context_features=1), torch.randn(4, 2), torch.randn(4, 1)))
         True
     """

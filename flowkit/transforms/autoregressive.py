@@ -177,6 +177,7 @@ class MaskedAutoregressive(Transform):
         clamp_bound: The bound of the affine log-scale's soft clamp.
 
     Example:
+        >>> from flowkit import Inverse
         >>> t = MaskedAutoregressive(4, context_features=2, hidden_features=16)
         >>> x, c = torch.randn(3, 4), torch.randn(3, 2)
         >>> y, ladj = t(x, context=c)

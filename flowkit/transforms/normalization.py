@@ -272,6 +272,7 @@ def data_init(flow_or_transform: nn.Module, x: Tensor, context: Tensor | None = 
         The same module, initialized.
 
     Example:
+        >>> import flowkit
         >>> flow = flowkit.glow(4, num_layers=2, hidden_features=16)
         >>> _ = flowkit.data_init(flow, torch.randn(64, 4))
     """
