@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from flowkit._validation import check_positive_int
 from flowkit.distributions import Flow, StandardNormal
 from flowkit.nn import check_clamp
 from flowkit.transforms.autoregressive import AUTOREGRESSIVE_TRANSFORMS, MaskedAutoregressive
@@ -23,8 +24,7 @@ def _check_sizes(features: int, context_features: int, num_layers: int) -> None:
         raise ValueError(f"features must be an int >= 2 for a coupling flow, got {features!r}")
     if not isinstance(context_features, int) or context_features < 0:
         raise ValueError(f"context_features must be a non-negative int, got {context_features!r}")
-    if not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"num_layers (flow steps) must be a positive int, got {num_layers!r}")
+    num_layers = check_positive_int("num_layers (flow steps)", num_layers)
 
 
 def glow(
@@ -61,6 +61,7 @@ def glow(
         seed: Seeds the initial rotations of the 1x1 layers (step k uses ``seed + k``).
 
     Example:
+        >>> import torch
         >>> flow = glow(6, context_features=4, num_layers=2, hidden_features=32)
         >>> flow.log_prob(torch.randn(3, 6), context=torch.randn(3, 4)).shape
         torch.Size([3])
@@ -178,6 +179,7 @@ def nsf(
         base_std: The standard deviation of the default Gaussian base.
 
     Example:
+        >>> import torch
         >>> flow = nsf(3, context_features=2, num_layers=2, hidden_features=16)
         >>> flow.sample(5, context=torch.randn(4, 2)).shape
         torch.Size([4, 5, 3])
@@ -234,12 +236,12 @@ def maf(
         base_std: The standard deviation of the default Gaussian base.
 
     Example:
+        >>> import torch
         >>> flow = maf(4, num_layers=2, hidden_features=16, transform="spline")
         >>> flow.log_prob(torch.randn(3, 4)).shape
         torch.Size([3])
     """
-    if not isinstance(features, int) or features < 1:
-        raise ValueError(f"features must be a positive int, got {features!r}")
+    features = check_positive_int("features", features)
     _check_sizes(max(features, 2), context_features, num_layers)
     if transform not in AUTOREGRESSIVE_TRANSFORMS:
         raise ValueError(

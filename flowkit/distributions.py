@@ -14,6 +14,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from flowkit._validation import check_positive_int
 from flowkit.nn import MLP, soft_log_scale
 from flowkit.transforms.base import InputError, _is_compiling, apply_transform
 
@@ -65,8 +66,7 @@ class StandardNormal(nn.Module):
 
     def __init__(self, features: int, std: float = 1.0) -> None:
         super().__init__()
-        if not isinstance(features, int) or features < 1:
-            raise ValueError(f"features must be a positive int, got {features!r}")
+        features = check_positive_int("features", features)
         if not float(std) > 0:
             raise ValueError(f"std must be > 0, got {std}")
         self.features = features
@@ -99,6 +99,7 @@ class Flow(nn.Module):
             :class:`StandardNormal`).
 
     Example:
+        >>> from flowkit import AffineCoupling, Sequential, Switch
         >>> flow = Flow(Sequential(AffineCoupling(2, 3, hidden_features=16), Switch(2)), StandardNormal(2))
         >>> c = torch.randn(4, 3)
         >>> flow.log_prob(torch.randn(4, 2), context=c).shape, flow.sample(10, context=c).shape
@@ -148,8 +149,7 @@ class Flow(nn.Module):
         # Returns (x, z, ladj of the inverse) for S base samples per context row, ordered (b s).
         # flowkit transforms take the context once per row (context_repeats=S), so their
         # context networks run B times instead of B * S.
-        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        num_samples = check_positive_int("num_samples", num_samples)
         if context is None:
             z = self._base_sample(num_samples, None, temperature)
             x, ladj = self.transform.inverse(z, None)
@@ -191,8 +191,7 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 def _check_sizes(features: int, context_features: int) -> None:
-    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
-        raise ValueError(f"features must be a positive int, got {features!r}")
+    features = check_positive_int("features", features)
     if not isinstance(context_features, int) or isinstance(context_features, bool) or context_features < 0:
         raise ValueError(f"context_features must be a non-negative int, got {context_features!r}")
 
@@ -219,8 +218,7 @@ class BaseDistribution(nn.Module):
     # -- validation -------------------------------------------------------------------------
     def _check_context(self, context: Tensor | None, rows: int | None, repeats: int) -> None:
         name = type(self).__name__
-        if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
-            raise InputError(f"{name}: context_repeats must be a positive int, got {repeats!r}")
+        repeats = check_positive_int("context_repeats", repeats, where=name, error=InputError)
         if self.context_features == 0 or _is_compiling():
             return
         if context is None:
@@ -264,8 +262,7 @@ class BaseDistribution(nn.Module):
             context: The context ``(B, C)``, or None.
             temperature: Scales the noise around the mean (see the subclass).
         """
-        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        num_samples = check_positive_int("num_samples", num_samples)
         self._check_context(context, None, 1)
         if context is None:
             return self._sample(1, num_samples, None, temperature)[0]
@@ -403,8 +400,7 @@ class GaussianMixture(BaseDistribution):
         log_std_bound: float = 5.0,
     ) -> None:
         super().__init__(features, context_features)
-        if not isinstance(components, int) or isinstance(components, bool) or components < 1:
-            raise ValueError(f"components must be a positive int, got {components!r}")
+        components = check_positive_int("components", components)
         if not log_std_bound > 0:
             raise ValueError(f"log_std_bound must be > 0, got {log_std_bound}")
         self.components = components

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowkit._validation import check_positive_int
+
 __all__ = ["MLP", "CLAMPS", "soft_log_scale", "check_clamp"]
 
 #: The names accepted by ``clamp=`` of the affine layers.
@@ -49,12 +51,11 @@ class MLP(nn.Sequential):
         num_layers: int = 2,
         zero_last: bool = True,
     ) -> None:
-        if in_features < 0 or out_features < 1 or hidden_features < 1:
-            raise ValueError(
-                f"MLP sizes must be positive, got in={in_features}, out={out_features}, hidden={hidden_features}"
-            )
-        if num_layers < 1:
-            raise ValueError(f"num_layers (hidden layers of the net) must be >= 1, got {num_layers}")
+        if in_features < 0:
+            raise ValueError(f"MLP in_features must be >= 0, got {in_features}")
+        out_features = check_positive_int("out_features", out_features, where="MLP")
+        hidden_features = check_positive_int("hidden_features", hidden_features, where="MLP")
+        num_layers = check_positive_int("num_layers (hidden layers of the net)", num_layers, where="MLP")
         layers: list[nn.Module] = []
         width = in_features
         for _ in range(num_layers):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import json
 import time
 
 import numpy as np
@@ -12,24 +14,28 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowkit.data.grammar import Constraints, ObjectSpec
-from flowkit.data.shapes import (
+from flowkit.data.grammar import (
     COLORS,
     SHAPES,
     SIZES,
-    Scene,
-    SceneObject,
-    ShapesCaptions,
+    Constraints,
+    ObjectSpec,
+    Phrasing,
     all_true_captions,
     all_true_constraints,
     canonical,
-    image_id,
-    is_true,
     parse,
-    plot_samples,
-    random_scene,
     render,
     sample_captions,
+)
+from flowkit.data.shapes import (
+    Scene,
+    SceneObject,
+    ShapesCaptions,
+    image_id,
+    is_true,
+    plot_samples,
+    random_scene,
 )
 
 
@@ -224,6 +230,39 @@ def test_reproducible() -> None:
     # an item depends on (seed, split, index) only, not on the dataset size
     d = ShapesCaptions("val", 8, seed=5)
     assert np.array_equal(a.pixels[:8], d.pixels) and a.captions[:8] == d.captions
+
+
+def test_captions_are_stable_across_versions() -> None:
+    # Hashes of the captions as made before the phrasings became named constants (commit
+    # a6e76b2): the same seeds must keep giving the same captions.
+    def digest(ds: ShapesCaptions) -> str:
+        return hashlib.sha256(json.dumps(ds.captions).encode()).hexdigest()
+
+    assert digest(ShapesCaptions("train", 200, seed=0)) == "dd66209b22159297710133d9bd86207d51a625a3227b202bd10d17643595b513"
+    assert digest(ShapesCaptions("test", 100, seed=3)) == "82e8485a9177833524075dbc6755bd3c62c96d86c32d87c259e38e12e680bc17"
+
+
+def test_phrasings_are_named_and_round_trip() -> None:
+    spec = ObjectSpec(shape="circle", color="red", row=0, col=0)
+    square = ObjectSpec(shape="square")
+    cases = {
+        Phrasing.PLAIN: Constraints((spec,)),
+        Phrasing.THERE_IS: Constraints((spec,), template=Phrasing.THERE_IS),
+        Phrasing.AN_IMAGE_OF: Constraints((spec,), template=Phrasing.AN_IMAGE_OF),
+        Phrasing.POSITION_FIRST: Constraints((spec,), template=Phrasing.POSITION_FIRST),
+        Phrasing.ONLY_ONE: Constraints((spec,), count=1, template=Phrasing.ONLY_ONE),
+        Phrasing.RELATION: Constraints((spec, square), "left", template=Phrasing.RELATION),
+        Phrasing.THERE_IS_RELATION: Constraints((spec, square), "left", template=Phrasing.THERE_IS_RELATION),
+        Phrasing.AND: Constraints((spec, square), template=Phrasing.AND),
+        Phrasing.TWO_SHAPES: Constraints((spec, square), count=2, template=Phrasing.TWO_SHAPES),
+    }
+    texts = {render(c) for c in cases.values()}
+    assert len(texts) == len(Phrasing)  # every phrasing reads differently
+    for phrasing, c in cases.items():
+        assert parse(render(c)).template is phrasing
+    assert Constraints((spec,), template=3).template is Phrasing.POSITION_FIRST  # ints convert
+    with pytest.raises(ValueError):
+        Constraints((spec,), template=5)
 
 
 def test_splits_disjoint() -> None:

@@ -20,7 +20,8 @@ from flowkit.data.judges import (
     inception_score,
     train_attribute_classifier,
 )
-from flowkit.data.shapes import Scene, SceneObject, ShapesCaptions, all_true_captions, all_true_constraints
+from flowkit.data.grammar import all_true_captions, all_true_constraints
+from flowkit.data.shapes import Scene, SceneObject, ShapesCaptions
 
 A = Scene((SceneObject("circle", "red", "small", 0, 0), SceneObject("square", "blue", "large", 0, 2)))
 B = Scene((SceneObject("star", "green", "large", 2, 1),))
@@ -132,3 +133,31 @@ def test_classifier_cache(tmp_path, monkeypatch) -> None:
     blob = torch.load(files[0], weights_only=True)
     assert blob["config"]["width"] == 8
     assert ClassifierConfig().key() != cfg.key()
+
+
+def test_corrupt_classifier_cache_is_named_and_rebuilt(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("FLOWKIT_CACHE", str(tmp_path))
+    cfg = ClassifierConfig(train_size=32, test_size=8, epochs=1, width=4)
+    get_attribute_classifier(cfg)
+    (cached,) = tmp_path.iterdir()
+    cached.write_bytes(cached.read_bytes()[:100])
+    with pytest.warns(UserWarning, match=rf"cache file '.*{cached.name}' is corrupt .* removing it and rebuilding"):
+        again = get_attribute_classifier(cfg)
+    assert cached.is_file() and set(torch.load(cached, weights_only=True)) == {"state_dict", "config", "metrics"}
+    assert again.metrics == get_attribute_classifier(cfg).metrics  # read back from the new file
+
+
+def test_judges_keep_the_classifier_names() -> None:
+    import flowkit.data.classifier as classifier
+    import flowkit.data.judges as judges
+
+    before_the_split = [
+        "caption_accuracy", "caption_coverage", "AttributeClassifier", "ClassifierConfig", "SceneReader",
+        "train_attribute_classifier", "get_attribute_classifier", "evaluate_classifier", "scene_targets",
+        "cache_dir", "image_caption_accuracy", "free_attribute_spread", "class_probabilities",
+        "inception_score", "NUM_CLASSES",
+    ]  # fmt: skip
+    assert set(before_the_split) <= set(judges.__all__)
+    for name in set(judges.__all__) & set(classifier.__all__):
+        assert getattr(judges, name) is getattr(classifier, name), name
+    assert classifier.cell_crops(torch.rand(1, 3, 64, 64)).shape == (1, 9, 3, 24, 24)

@@ -8,7 +8,8 @@ The training engine needs one call::
 
 Submodules: :mod:`flowkit.data.shapes` (dataset, grammar, COCO export),
 :mod:`flowkit.data.vocab` (tokenizer, vocabulary), :mod:`flowkit.data.coco` (COCO files,
-features), :mod:`flowkit.data.judges` (caption accuracy / coverage, attribute classifier).
+features), :mod:`flowkit.data.judges` (caption accuracy / coverage, judges of images),
+:mod:`flowkit.data.classifier` (the attribute classifier those judges read images with).
 """
 
 from __future__ import annotations

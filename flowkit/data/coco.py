@@ -118,9 +118,12 @@ def load_coco(path: str | os.PathLike[str]) -> Any:
         path: A COCO captions file (``captions_<split>.json``).
 
     Example:
-        >>> coco = load_coco("shapes_coco/annotations/captions_val.json")  # doctest: +SKIP
-        >>> len(coco.getAnnIds())  # doctest: +SKIP
-        1000
+        >>> import tempfile
+        >>> from flowkit.data.shapes import export_coco
+        >>> root = export_coco(tempfile.mkdtemp(), splits=["val"], sizes={"val": 4})
+        >>> coco = load_coco(root / "annotations" / "captions_val.json")
+        >>> len(coco.getAnnIds())  # five captions per image
+        20
     """
     try:
         from pycocotools.coco import COCO
@@ -286,8 +289,10 @@ def read_splits(
         ``{split: [ImageRecord, ...]}``, each split checked to have captions for every image.
 
     Example:
-        >>> splits = read_splits(export_coco("/tmp/sc", sizes={"train": 4, "val": 2, "test": 2}))  # doctest: +SKIP
-        >>> [len(splits[s]) for s in ("train", "val", "test")]  # doctest: +SKIP
+        >>> import tempfile
+        >>> from flowkit.data.shapes import export_coco
+        >>> splits = read_splits(export_coco(tempfile.mkdtemp(), sizes={"train": 4, "val": 2, "test": 2}))
+        >>> [len(splits[s]) for s in ("train", "val", "test")]
         [4, 2, 2]
     """
     root = Path(root)
@@ -365,7 +370,12 @@ def load_features(
         ``(row_of_id, features)`` with ``features`` a float32 ``(N, F)`` array.
 
     Example:
-        >>> rows, feats = load_features("features.npz", required_ids=[1, 2], expected_dim=4096)  # doctest: +SKIP
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "features.npz"
+        >>> np.savez(path, ids=np.array([1, 2, 3]), features=np.zeros((3, 4), np.float32))
+        >>> rows, feats = load_features(path, required_ids=[1, 2], expected_dim=4)
+        >>> rows[2], feats.shape
+        (1, (3, 4))
     """
     path = Path(path)
     hint = "Pass features= a .npy (+ <stem>_ids.txt), .npz (ids, features) or .h5 file keyed by image id."

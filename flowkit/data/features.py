@@ -37,9 +37,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from flowkit.data.classifier import AttributeClassifier, ClassifierConfig, cell_crops, get_attribute_classifier
 from flowkit.data.coco import load_image, pil_to_tensor, read_splits
 from flowkit.data.errors import DataError
-from flowkit.data.judges import AttributeClassifier, ClassifierConfig, _crops, get_attribute_classifier
 from flowkit.data.shapes import _atomic_write_bytes
 
 __all__ = ["SHAPES_TRUNK_SEED", "shapes_trunk", "shapes_trunk_features", "extract_features"]
@@ -77,7 +77,7 @@ class _TrunkFeatures:
     def __call__(self, images: Tensor) -> Tensor:
         if images.dim() != 4 or tuple(images.shape[1:]) != (3, 64, 64):
             raise ValueError(f"shapes trunk features need (B, 3, 64, 64) images, got {tuple(images.shape)}")
-        crops = _crops(images.float())
+        crops = cell_crops(images.float())
         return self.body(crops.flatten(0, 1)).reshape(len(images), -1)
 
 
@@ -87,7 +87,8 @@ def shapes_trunk_features(seed: int = SHAPES_TRUNK_SEED, train_size: int = 3000,
     Returns a function from ``(B, 3, 64, 64)`` images in [0, 1] to ``(B, 576)`` features
     (64 per grid cell); its ``key`` attribute identifies the weights (it names cached files).
 
-    Example:
+    Example (skipped in doctests: it trains the trunk, about 20 s, and caches it under
+    ``$FLOWKIT_CACHE``, outside a test's reach):
         >>> extract = shapes_trunk_features()  # doctest: +SKIP
         >>> extract(torch.rand(2, 3, 64, 64)).shape  # doctest: +SKIP
         torch.Size([2, 576])

@@ -27,6 +27,7 @@ False, never an exception.
 
 from __future__ import annotations
 
+import enum
 import functools
 import itertools
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,7 @@ __all__ = [
     "ROWS",
     "COLS",
     "RELATIONS",
+    "Phrasing",
     "SceneObject",
     "Scene",
     "ObjectSpec",
@@ -69,6 +71,40 @@ _REL_WORDS = {
     "below": ("below",),
 }
 _ATTRS = ("shape", "color", "size", "row", "col")
+
+
+class Phrasing(enum.IntEnum):
+    r"""How a caption is phrased: the syntax variant, not part of its meaning.
+
+    Single-object phrasings are 0..4, relations 10..11, conjunctions 20..21 (the values are
+    stable: seeded caption sampling draws them by position).
+
+    Example:
+        >>> render(Constraints((ObjectSpec(shape="star"),), template=Phrasing.THERE_IS))
+        'there is a star'
+    """
+
+    PLAIN = 0  # NP [POS]
+    THERE_IS = 1  # there is NP [POS]
+    AN_IMAGE_OF = 2  # an image of NP [POS]
+    POSITION_FIRST = 3  # POS there is NP
+    ONLY_ONE = 4  # only one shape: NP [POS]
+    RELATION = 10  # NP REL NP
+    THERE_IS_RELATION = 11  # there is NP REL NP
+    AND = 20  # NP and NP
+    TWO_SHAPES = 21  # two shapes: NP and NP
+
+
+_SINGLE = (Phrasing.PLAIN, Phrasing.THERE_IS, Phrasing.AN_IMAGE_OF, Phrasing.POSITION_FIRST, Phrasing.ONLY_ONE)
+_REL = (Phrasing.RELATION, Phrasing.THERE_IS_RELATION)
+_AND = (Phrasing.AND, Phrasing.TWO_SHAPES)
+_PREFIX = {Phrasing.PLAIN: "", Phrasing.THERE_IS: "there is ", Phrasing.AN_IMAGE_OF: "an image of "}
+_COUNT = {Phrasing.ONLY_ONE: 1, Phrasing.TWO_SHAPES: 2}  # phrasings that fix the number of objects
+
+
+def _count(t: Phrasing) -> int | None:
+    # The number of objects a phrasing fixes, or None.
+    return _COUNT.get(t)
 
 
 @dataclass(frozen=True)
@@ -162,14 +198,17 @@ class Constraints:
         relation: For two specs joined by a relation, one of :data:`RELATIONS`: objects[0] is
             left of / right of / above / below objects[1]. None otherwise.
         count: The exact number of objects when the caption fixes it, else None.
-        template: How the caption is phrased (an index into the syntax variants); not part of
-            the meaning, ignored by equality.
+        template: How the caption is phrased, a :class:`Phrasing` (ints are converted); not
+            part of the meaning, ignored by equality.
     """
 
     objects: tuple[ObjectSpec, ...]
     relation: str | None = None
     count: int | None = None
-    template: int = field(default=0, compare=False)
+    template: Phrasing = field(default=Phrasing.PLAIN, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "template", Phrasing(self.template))
 
     def holds(self, scene: Scene) -> bool:
         r"""Whether the caption is true of ``scene``."""
@@ -215,7 +254,7 @@ def canonical(c: Constraints) -> Constraints:
         objects, relation = (objects[1], objects[0]), _FLIP[relation]
     elif relation is None and len(objects) == 2:
         objects = tuple(sorted(objects, key=_spec_key))
-    return Constraints(objects, relation, c.count, 0)
+    return Constraints(objects, relation, c.count, Phrasing.PLAIN)
 
 
 def _spec_key(s: ObjectSpec) -> tuple:
@@ -223,10 +262,7 @@ def _spec_key(s: ObjectSpec) -> tuple:
 
 
 # ---------------------------------------------------------------------------------------------
-# Rendering meanings as strings. Templates: single-object 0..4, relation 10..11, "and" 20..21.
-_SINGLE = (0, 1, 2, 3, 4)  # NP POS | there is NP POS | an image of NP POS | POS there is NP | only one shape: NP POS
-_REL = (10, 11)  # NP REL NP | there is NP REL NP
-_AND = (20, 21)  # NP and NP | two shapes: NP and NP
+# Rendering meanings as strings, phrased by their :class:`Phrasing`.
 
 
 def _np(s: ObjectSpec) -> str:
@@ -266,15 +302,15 @@ def render(c: Constraints) -> str:
         s = c.objects[0]
         np_, pos = _np(s), _pos(s)
         tail = f" {pos}" if pos else ""
-        if t == 3 and pos:
+        if t == Phrasing.POSITION_FIRST and pos:
             return f"{pos} there is {np_}"
-        if t == 4 or c.count == 1:
+        if t == Phrasing.ONLY_ONE or c.count == 1:
             return f"only one shape: {np_}{tail}"
-        return ("", "there is ", "an image of ")[t if t in (0, 1, 2) else 0] + np_ + tail
+        return _PREFIX.get(t, "") + np_ + tail
     a, b = c.objects
     if c.relation is not None:
         rel = " ".join(_REL_WORDS[c.relation])
-        return ("there is " if t == 11 else "") + f"{_np(a)} {rel} {_np(b)}"
+        return ("there is " if t == Phrasing.THERE_IS_RELATION else "") + f"{_np(a)} {rel} {_np(b)}"
     return ("two shapes: " if c.count == 2 else "") + f"{_np(a)} and {_np(b)}"
 
 
@@ -360,27 +396,27 @@ class _Parser:
             if self.starts_pos():
                 s = replace(s, **self.pos())
             self.end()
-            return Constraints((s,), None, 1, 4)
+            return Constraints((s,), None, 1, Phrasing.ONLY_ONE)
         if self.at("two", "shapes"):
             self.i += 2
             a = self.np()
             self.eat("and")
             b = self.np()
             self.end()
-            return Constraints((a, b), None, 2, 21)
+            return Constraints((a, b), None, 2, Phrasing.TWO_SHAPES)
         if self.starts_pos():
             p = self.pos()
             self.eat("there", "is")
             s = replace(self.np(), **p)
             self.end()
-            return Constraints((s,), None, None, 3)
-        template = 0
+            return Constraints((s,), None, None, Phrasing.POSITION_FIRST)
+        template = Phrasing.PLAIN
         if self.at("there", "is"):
             self.i += 2
-            template = 1
+            template = Phrasing.THERE_IS
         elif self.at("an", "image", "of"):
             self.i += 3
-            template = 2
+            template = Phrasing.AN_IMAGE_OF
         a = self.np()
         if self.peek() is None:
             return Constraints((a,), None, None, template)
@@ -388,18 +424,19 @@ class _Parser:
             a = replace(a, **self.pos())
             self.end()
             return Constraints((a,), None, None, template)
-        if template == 2:
+        if template == Phrasing.AN_IMAGE_OF:
             raise _Fail
         relation = self.rel()
         if relation is not None:
             b = self.np()
             self.end()
-            return Constraints((a, b), relation, None, 10 + template)
-        if template == 0 and self.peek() == "and":
+            rel_phrasing = Phrasing.THERE_IS_RELATION if template == Phrasing.THERE_IS else Phrasing.RELATION
+            return Constraints((a, b), relation, None, rel_phrasing)
+        if template == Phrasing.PLAIN and self.peek() == "and":
             self.i += 1
             b = self.np()
             self.end()
-            return Constraints((a, b), None, None, 20)
+            return Constraints((a, b), None, None, Phrasing.AND)
         raise _Fail
 
 
@@ -469,11 +506,10 @@ def _enumerate(scene: Scene) -> tuple[tuple[str, Constraints], ...]:
         for s in _specs(o):
             for p in _positions(o):
                 sp = replace(s, **p)
-                templates = (0, 1, 2, 3, 4) if p else (0, 1, 2, 4)
-                for t in templates:
-                    if t == 4 and n != 1:
+                for t in _SINGLE:
+                    if (t == Phrasing.POSITION_FIRST and not p) or (t == Phrasing.ONLY_ONE and n != 1):
                         continue
-                    c = Constraints((sp,), None, 1 if t == 4 else None, t)
+                    c = Constraints((sp,), None, _count(t), t)
                     out.setdefault(render(c), c)
     if n == 2:
         for a, b in itertools.permutations(scene.objects, 2):
@@ -485,7 +521,7 @@ def _enumerate(scene: Scene) -> tuple[tuple[str, Constraints], ...]:
                             c = Constraints((sa, sb), r, None, t)
                             out.setdefault(render(c), c)
                     for t in _AND:
-                        c = Constraints((sa, sb), None, 2 if t == 21 else None, t)
+                        c = Constraints((sa, sb), None, _count(t), t)
                         out.setdefault(render(c), c)
     return tuple(sorted(out.items()))
 
@@ -534,15 +570,15 @@ def _random_caption(scene: Scene, rng: np.random.Generator) -> str:
         if rng.random() < 0.6:
             rels = _true_relations(a, b)
             r = rels[rng.integers(len(rels))]
-            return render(Constraints((sa, sb), r, None, int(rng.choice(_REL))))
-        t = int(rng.choice(_AND, p=(0.6, 0.4)))
-        return render(Constraints((sa, sb), None, 2 if t == 21 else None, t))
+            return render(Constraints((sa, sb), r, None, _REL[int(rng.choice(len(_REL)))]))
+        t = _AND[int(rng.choice(len(_AND), p=(0.6, 0.4)))]
+        return render(Constraints((sa, sb), None, _count(t), t))
     o = objs[rng.integers(len(objs))]
     s = _random_spec(o, rng, True)
     has_pos = s.row is not None or s.col is not None
-    weights = np.array([0.35, 0.25, 0.15, 0.15 if has_pos else 0.0, 0.1 if len(objs) == 1 else 0.0])
-    t = int(rng.choice(5, p=weights / weights.sum()))
-    return render(Constraints((s,), None, 1 if t == 4 else None, t))
+    weights = np.array([0.35, 0.25, 0.15, 0.15 if has_pos else 0.0, 0.1 if len(objs) == 1 else 0.0])  # by _SINGLE
+    t = _SINGLE[int(rng.choice(len(_SINGLE), p=weights / weights.sum()))]
+    return render(Constraints((s,), None, _count(t), t))
 
 
 def sample_captions(scene: Scene, n: int, rng: np.random.Generator) -> list[str]:

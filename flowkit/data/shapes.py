@@ -4,7 +4,8 @@ Each item is a 64x64 RGB image of one or two objects (shape, color, size, 3x3 gr
 rendered with a jittered, noisy background, per-object color jitter, a mild stripe texture,
 position jitter inside the cell, a small rotation and anti-aliased edges, and five captions
 sampled from the grammar of :mod:`flowkit.data.grammar` (all true of the image). Ground truth
-is exact: :func:`is_true` decides any caption against the item's :class:`Scene`.
+is exact: :func:`is_true` decides any caption against the item's :class:`Scene` (both defined
+in :mod:`flowkit.data.grammar` and re-exported here).
 
 Every item is derived from ``(seed, split, index)`` alone, so any split is reproducible without
 shipped files. Image ids are ``split_code * 10**7 + index + 1`` with split codes train 0, val 1,
@@ -29,45 +30,20 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from flowkit.data.grammar import (
-    COLORS,
-    COLS,
-    ROWS,
-    SHAPES,
-    SIZES,
-    Constraints,
-    ObjectSpec,
-    Scene,
-    SceneObject,
-    all_true_captions,
-    all_true_constraints,
-    canonical,
-    is_true,
-    parse,
-    render,
-    sample_captions,
-)
+from flowkit.data.grammar import COLORS, SHAPES, SIZES, sample_captions
 from flowkit.data.vocab import tokenize
 
+# Re-exported from flowkit.data.grammar, where they are defined: ``is_true`` is part of the
+# public API of this module (``flowkit.data.shapes.is_true``), and ``Scene`` / ``SceneObject``
+# are the type of every item's ``scene``. The rest of the grammar (parse, render, canonical,
+# all_true_captions, ...) is imported from flowkit.data.grammar.
+from flowkit.data.grammar import Scene, SceneObject, is_true
+
 __all__ = [
-    "SHAPES",
-    "COLORS",
-    "SIZES",
-    "ROWS",
-    "COLS",
+    # defined here
     "SPLITS",
     "IMAGE_SIZE",
-    "Scene",
-    "SceneObject",
-    "ObjectSpec",
-    "Constraints",
-    "parse",
-    "is_true",
-    "render",
-    "canonical",
-    "all_true_captions",
-    "all_true_constraints",
-    "sample_captions",
+    "DEFAULT_SIZES",
     "random_scene",
     "render_scenes",
     "image_id",
@@ -75,7 +51,10 @@ __all__ = [
     "export_coco",
     "shapes_export_root",
     "plot_samples",
-    "DEFAULT_SIZES",
+    # re-exported from flowkit.data.grammar
+    "Scene",
+    "SceneObject",
+    "is_true",
 ]
 
 IMAGE_SIZE = 64
@@ -392,7 +371,8 @@ def export_coco(
         ``root`` as a :class:`~pathlib.Path`.
 
     Example:
-        >>> root = export_coco("/tmp/shapes_coco", sizes={"train": 20, "val": 5, "test": 5})
+        >>> import tempfile
+        >>> root = export_coco(tempfile.mkdtemp(), sizes={"train": 20, "val": 5, "test": 5})
         >>> sorted(p.name for p in (root / "annotations").iterdir())
         ['captions_test.json', 'captions_train.json', 'captions_val.json']
     """
@@ -491,8 +471,14 @@ def plot_samples(
     Returns:
         The figure (None when saved to ``path``).
 
+    ``docs/img/shapes_samples.png`` is ``plot_samples(path="docs/img/shapes_samples.png")``.
+
     Example:
-        >>> plot_samples(path="docs/img/shapes_samples.png")
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "samples.png"
+        >>> plot_samples(ShapesCaptions("train", 4, seed=0), n=4, path=path)
+        >>> path.is_file()
+        True
     """
     import matplotlib
 

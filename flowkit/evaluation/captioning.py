@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from flowkit._validation import check_positive_int
+
 __all__ = [
     "generate_captions",
     "encode_dataset_images",
@@ -51,9 +53,7 @@ def _items(dataset: Dataset, limit: int | None, ids: Sequence[int] | None) -> li
     else:
         index = list(range(n))
     if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        index = index[:limit]
+        index = index[: check_positive_int("limit", limit)]
     return index
 
 
@@ -105,10 +105,8 @@ def generate_captions(
     """
     from flowkit.models import ids_to_strings
 
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    num_samples = check_positive_int("num_samples", num_samples)
+    batch_size = check_positive_int("batch_size", batch_size)
     index = _items(dataset, limit, image_ids)
     model.eval()
     device = _device_of(model)
@@ -254,8 +252,7 @@ def evaluate_captioning(
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
     if rerank_features not in ("auto", "shared", "raw"):
         raise ValueError(f"rerank_features must be 'auto', 'shared' or 'raw', got {rerank_features!r}")
-    if best_n < 1:
-        raise ValueError(f"best_n must be >= 1, got {best_n}")
+    best_n = check_positive_int("best_n", best_n)
     start = time.perf_counter()
     dataset = getattr(data, split)
     if split == "train":

@@ -42,6 +42,9 @@ class FlowkitAsNflows(_nft.Transform):
         transform: The flowkit transform (any module with the flowkit/nflows protocol).
 
     Example:
+        >>> import flowkit
+        >>> import nflows.flows  # also loads nflows.transforms and nflows.distributions
+        >>> import torch
         >>> t = FlowkitAsNflows(flowkit.AffineCoupling(4, hidden_features=8))
         >>> flow = nflows.flows.Flow(t, nflows.distributions.StandardNormal([4]))
         >>> flow.log_prob(torch.randn(3, 4)).shape
@@ -71,6 +74,8 @@ class NflowsAsFlowkit(Transform):
         context_features: The number of context features C (0: none, or not checked).
 
     Example:
+        >>> import nflows.flows  # also loads nflows.transforms and nflows.distributions
+        >>> import torch
         >>> maf = nflows.transforms.MaskedAffineAutoregressiveTransform(4, 16)
         >>> t = NflowsAsFlowkit(maf, 4)
         >>> y, ladj = t(torch.randn(3, 4))
@@ -137,6 +142,9 @@ def to_nflows(t: nn.Module) -> _nft.Transform:
         t: The flowkit transform.
 
     Example:
+        >>> import flowkit
+        >>> import nflows.flows  # also loads nflows.transforms and nflows.distributions
+        >>> import torch
         >>> layer = flowkit.AffineCoupling(4, context_features=2, hidden_features=8)
         >>> flow = nflows.flows.Flow(to_nflows(layer), nflows.distributions.StandardNormal([4]))
         >>> flow.log_prob(torch.randn(3, 4), context=torch.randn(3, 2)).shape
@@ -161,6 +169,8 @@ def from_nflows(nt: nn.Module, features: int | None = None, context_features: in
             in which case a context is passed through unchecked).
 
     Example:
+        >>> import nflows.flows  # also loads nflows.transforms and nflows.distributions
+        >>> import torch
         >>> maf = nflows.transforms.MaskedAffineAutoregressiveTransform(4, 16, context_features=3)
         >>> t = from_nflows(maf)
         >>> t.features, t.context_features

@@ -339,9 +339,12 @@ def scoring_session() -> Iterator[None]:
     its own METEOR process, which takes seconds.
 
     Example:
+        >>> refs = {1: ["a red circle", "a small red circle"], 2: ["a blue square"]}
         >>> with scoring_session():
-        ...     a = caption_scores(refs, run_a)  # doctest: +SKIP
-        ...     b = oracle_scores(refs, run_b)  # doctest: +SKIP
+        ...     a = caption_scores(refs, {1: "a red circle", 2: "a blue square"}, metrics=["METEOR"])
+        ...     b = oracle_scores(refs, {1: ["a circle", "a red circle"], 2: ["a blue square"] * 2}, metrics=["METEOR"])
+        >>> sorted(a) == sorted(b) == ["METEOR"]
+        True
     """
     scorer = _CocoScorer()
     token = _session.set(scorer)

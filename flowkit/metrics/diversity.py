@@ -10,6 +10,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from flowkit._validation import check_positive_int
 from flowkit.metrics.captions import _check_candidate_lists, _pycocoevalcap_dir, ptb_tokenize
 
 __all__ = ["diversity_scores", "distinct_ngrams"]
@@ -32,8 +33,7 @@ def distinct_ngrams(captions: Sequence[str], n: int) -> float:
         >>> distinct_ngrams(["a red circle", "a blue circle"], 1)
         0.6666666666666666
     """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    n = check_positive_int("n", n)
     grams: set[tuple[str, ...]] = set()
     words = 0
     for c in captions:

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from flowkit._validation import check_positive_int
+
 __all__ = ["inception_score", "ivom", "lpips_diversity", "pixel_diversity"]
 
 
@@ -159,8 +161,9 @@ def ivom(
     n = targets.shape[0]
     if n == 0:
         raise ValueError("no target images")
-    if restarts < 1 or steps < 0:
-        raise ValueError(f"restarts must be >= 1 and steps >= 0, got {restarts}, {steps}")
+    restarts = check_positive_int("restarts", restarts)
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
     lo, hi = value_range
     if not hi > lo:
         raise ValueError(f"value_range must be (lo, hi) with hi > lo, got {value_range}")
@@ -283,7 +286,7 @@ def lpips_diversity(
         device: Where to run the network; default the samples' device.
         batch_size: Image pairs per network call.
 
-    Example:
+    Example (skipped in doctests: LPIPS needs torchvision and downloads its backbone weights):
         >>> lpips_diversity(torch.rand(2, 4, 3, 64, 64))  # doctest: +SKIP
         0.4...
     """

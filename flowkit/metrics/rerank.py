@@ -15,6 +15,7 @@ from typing import Any, Literal, overload
 import numpy as np
 from tqdm.auto import tqdm
 
+from flowkit._validation import check_positive_int
 from flowkit.metrics.captions import _check_candidate_lists, _examples, _tqdm_disable, ptb_tokenize
 
 __all__ = ["consensus_rerank", "nearest_neighbors", "pairwise_cider"]
@@ -247,8 +248,7 @@ def consensus_rerank(
         'a red circle'
     """
     _check_candidate_lists(candidates)
-    if k < 1 or m < 1:
-        raise ValueError(f"k and m must be >= 1, got k={k}, m={m}")
+    k, m = check_positive_int("k", k), check_positive_int("m", m)
     test_ids, test_table = _feature_table(test_features, "test_features")
     train_ids, train_table = _feature_table(train_features, "train_features")
     if test_table.shape[1] != train_table.shape[1]:

@@ -36,6 +36,7 @@ from flowkit.testing.checks import (
     layer_name,
     randomize_parameters,
 )
+from flowkit.testing.compare import Comparison, compare
 from flowkit.testing.registry import (
     LayerSpec,
     get_base,
@@ -58,6 +59,8 @@ __all__ = [
     "check_shared_context",
     "check_transform",
     "check_base",
+    "Comparison",
+    "compare",
     "jacobian_log_det",
     "layer_name",
     "randomize_parameters",
@@ -112,6 +115,7 @@ def run_property_checks(
         derandomize: Use a fixed seed (reproducible runs, as in CI).
 
     Example:
+        >>> import flowkit
         >>> run_property_checks(lambda d, c: flowkit.Reverse(d), context="never", max_examples=5)
         5
     """

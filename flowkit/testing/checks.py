@@ -22,6 +22,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from flowkit.testing.compare import Comparison, compare, worst_of
+
 __all__ = [
     "CheckFailed",
     "CheckResult",
@@ -167,36 +169,43 @@ def _as(x: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
     return x.to(dtype) if dtype is not None else x.clone()
 
 
-def _worst(diff: Tensor, tol: Tensor) -> tuple[float, int, tuple[int, ...], bool]:
-    # diff and tol have the same shape (B,) or (B, D); returns the worst absolute error, its
-    # sample, its full index, and whether every entry is within tolerance (NaN fails).
-    excess = diff - tol
-    bad = ~(excess <= 0)  # NaN-safe: NaN compares False
-    if bad.any():
-        score = torch.where(torch.isnan(excess), torch.full_like(excess, float("inf")), excess)
-    else:
-        score = diff
-    flat = int(torch.argmax(score.reshape(-1)))
-    idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
-    max_err = float(diff.max()) if not torch.isnan(diff).any() else float("nan")
-    return max_err, idx[0], idx, not bool(bad.any())
-
-
 def _finish(result: CheckResult, raise_on_failure: bool) -> CheckResult:
     if not result.ok and raise_on_failure:
         raise CheckFailed(result)
     return result
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, Tensor):
-        v = v.detach().cpu()
-        if v.numel() == 1:
-            return f"{float(v):.12g}"
-        return str([round(float(a), 10) for a in v.reshape(-1)[:8]]) + (" ..." if v.numel() > 8 else "")
-    if isinstance(v, float):
-        return f"{v:.12g}"
-    return repr(v)
+def _failed(check: str, name: str, text: str, raise_on_failure: bool, sample: int | None = None) -> CheckResult:
+    # A failure found before any comparison (a wrong shape, NaN output): the error is infinite.
+    msg = f"{check} failed for {name}: {text}"
+    return _finish(CheckResult(check, name, False, float("inf"), sample, message=msg), raise_on_failure)
+
+
+def _verdict(
+    check: str,
+    name: str,
+    comparisons: list[Comparison],
+    raise_on_failure: bool,
+    explain: Callable[[Comparison], str],
+    blame: Callable[[], str] | None = None,
+) -> CheckResult:
+    # The result of a check made of comparisons: it passes when all pass; a failure is told by
+    # ``explain`` about the worst failing comparison, followed by ``blame()`` (a culprit).
+    worst = worst_of(comparisons)
+    max_err = max(c.max_abs_err for c in comparisons)
+    ok = all(c.ok for c in comparisons)
+    if ok:
+        msg = f"{check} passed for {name}: max abs difference {max_err:.3e}"
+    else:
+        msg = f"{check} failed for {name}: {explain(worst)}" + (blame() if blame is not None else "")
+    result = CheckResult(check, name, ok, max_err, worst.worst_sample, worst.expected, worst.got, msg)
+    return _finish(result, raise_on_failure)
+
+
+def _nonfinite_sample(out: Tensor) -> int | None:
+    # The first sample whose values hold a NaN or inf, or None.
+    bad = ~torch.isfinite(out.reshape(out.shape[0], -1)).all(dim=1) if out.dim() else ~torch.isfinite(out).reshape(1)
+    return int(torch.nonzero(bad)[0]) if bad.any() else None
 
 
 def _call(t: nn.Module, x: Tensor, context: Tensor | None, inverse: bool = False) -> tuple[Tensor, Tensor]:
@@ -261,6 +270,7 @@ def check_invertible(
         A :class:`CheckResult`, truthy when the check passed.
 
     Example:
+        >>> import flowkit
         >>> t = flowkit.AffineCoupling(4, hidden_features=8)
         >>> bool(check_invertible(t, torch.randn(3, 4)))
         True
@@ -270,55 +280,30 @@ def check_invertible(
         y, ld_f = _call(tc, x, context)
         x_inv, ld_i2 = _call(tc, x, context, inverse=True)
         for what, out in (("forward(x)", y), ("inverse(x)", x_inv), ("forward log-det", ld_f), ("inverse log-det", ld_i2)):
-            bad = ~torch.isfinite(out.reshape(out.shape[0], -1)).all(dim=1) if out.dim() else ~torch.isfinite(out)
-            if bad.any():
-                sample = int(torch.nonzero(bad.reshape(-1))[0])
-                msg = f"check_invertible failed for {name}: {what} is NaN or inf at sample {sample}"
-                return _finish(
-                    CheckResult("check_invertible", name, False, float("inf"), sample, message=msg), raise_on_failure
-                )
+            sample = _nonfinite_sample(out)
+            if sample is not None:
+                return _failed("check_invertible", name, f"{what} is NaN or inf at sample {sample}", raise_on_failure, sample)
         x_rec, ld_i = _call(tc, y, context, inverse=True)
         x_rec2, ld_f2 = _call(tc, x_inv, context)
 
-    comparisons = [
+    comparisons = []
+    for what, expected, got in (
         ("inverse(forward(x)) != x", x, x_rec),
         ("forward(inverse(x)) != x", x, x_rec2),
         ("forward log-det + inverse log-det at forward(x) != 0", -ld_f, ld_i),
         ("inverse log-det + forward log-det at inverse(x) != 0", -ld_i2, ld_f2),
-    ]
-    results = []
-    for what, expected, got in comparisons:
-        if got.shape != expected.shape:
-            return _finish(
-                CheckResult(
-                    "check_invertible",
-                    name,
-                    False,
-                    float("inf"),
-                    message=f"check_invertible failed for {name}: {what.split(' !=')[0]} has shape "
-                    f"{tuple(got.shape)}, expected {tuple(expected.shape)}",
-                ),
-                raise_on_failure,
-            )
-        diff = (got - expected).abs()
-        tol = atol + rtol * expected.abs()
-        err, sample, idx, ok = _worst(diff, tol)
-        results.append((err if err == err else float("inf"), ok, what, sample, idx, expected[idx], got[idx]))
-
-    failing = [r for r in results if not r[1]]
-    err, ok, what, sample, idx, exp, got_v = max(failing or results, key=lambda r: r[0])
-    max_err = max(r[0] for r in results)
-    where = f"sample {sample}" + (f", feature {idx[1]}" if len(idx) > 1 else "")
-    if ok and not failing:
-        msg = f"check_invertible passed for {name}: max abs difference {max_err:.3e}"
-    else:
-        msg = (
-            f"check_invertible failed for {name}: {what}; worst at {where}: expected {_fmt(exp)}, "
-            f"got {_fmt(got_v)}; max abs difference {err:.3e} > atol={atol:g} + rtol={rtol:g}*|expected|"
-        )
-        msg += _blame(tc, x, context, check_invertible, atol=atol, rtol=rtol)
-    return _finish(
-        CheckResult("check_invertible", name, not failing, max_err, sample, exp, got_v, msg), raise_on_failure
+    ):
+        c = compare(got, expected, atol, rtol, what)
+        if c.shape_mismatch:
+            return _failed("check_invertible", name, f"{what.split(' !=')[0]} has {c.message()}", raise_on_failure)
+        comparisons.append(c)
+    return _verdict(
+        "check_invertible",
+        name,
+        comparisons,
+        raise_on_failure,
+        lambda c: f"{c.what}; {c.message()}",
+        lambda: _blame(tc, x, context, check_invertible, atol=atol, rtol=rtol),
     )
 
 
@@ -386,6 +371,7 @@ def check_log_det(
         A :class:`CheckResult`, truthy when the check passed.
 
     Example:
+        >>> import flowkit
         >>> t = flowkit.ActNorm(4)
         >>> check_log_det(t, torch.randn(8, 4)).max_error < 1e-8
         True
@@ -397,33 +383,21 @@ def check_log_det(
             y, _ = _call(tc, x, context)
         todo.append(("inverse", y, True))
 
-    results = []
+    comparisons = []
     for direction, inp, inv in todo:
         expected, got = jacobian_log_det(tc, inp, context, inverse=inv)
-        if got.shape != expected.shape:
-            msg = (
-                f"check_log_det failed for {name}: {direction} logabsdet has shape {tuple(got.shape)}, "
-                f"expected {tuple(expected.shape)} (one value per sample)"
-            )
-            return _finish(CheckResult("check_log_det", name, False, float("inf"), message=msg), raise_on_failure)
-        diff = (got.to(expected.dtype) - expected).abs()
-        err, sample, _, ok = _worst(diff, atol + rtol * expected.abs())
-        results.append((err if err == err else float("inf"), ok, direction, sample, expected[sample], got[sample]))
-
-    failing = [r for r in results if not r[1]]
-    err, ok, direction, sample, exp, got_v = max(failing or results, key=lambda r: r[0])
-    max_err = max(r[0] for r in results)
-    if not failing:
-        msg = f"check_log_det passed for {name}: max abs difference {max_err:.3e}"
-    else:
-        msg = (
-            f"check_log_det failed for {name}: {direction} logabsdet differs from slogdet of the autograd "
-            f"Jacobian; worst sample {sample}: expected {_fmt(exp)}, got {_fmt(got_v)}; "
-            f"max abs difference {err:.3e} > atol={atol:g} + rtol={rtol:g}*|expected|"
-        )
-        msg += _blame(tc, x, context, check_log_det, atol=atol, rtol=rtol, inverse=inverse)
-    return _finish(
-        CheckResult("check_log_det", name, not failing, max_err, sample, exp, got_v, msg), raise_on_failure
+        c = compare(got, expected, atol, rtol, direction)
+        if c.shape_mismatch:
+            text = f"{direction} logabsdet has {c.message()} (one value per sample)"
+            return _failed("check_log_det", name, text, raise_on_failure)
+        comparisons.append(c)
+    return _verdict(
+        "check_log_det",
+        name,
+        comparisons,
+        raise_on_failure,
+        lambda c: f"{c.what} logabsdet differs from slogdet of the autograd Jacobian; {c.message()}",
+        lambda: _blame(tc, x, context, check_log_det, atol=atol, rtol=rtol, inverse=inverse),
     )
 
 
@@ -493,15 +467,15 @@ def check_deterministic(
     with torch.no_grad():
         y1, l1 = _call(tc, xd, cd)
         y2, l2 = _call(tc, xd, cd)
-    err = max(float((y1 - y2).abs().max()), float((l1 - l2).abs().max()))
-    ok = err == 0.0
-    msg = (
-        f"check_deterministic passed for {name}"
-        if ok
-        else f"check_deterministic failed for {name}: two eval-mode forward passes differ by {err:.3e} "
-        f"(dropout or state that changes on every call?)"
+    comparisons = [compare(y2, y1, 0.0, what="output"), compare(l2, l1, 0.0, what="logabsdet")]
+    return _verdict(
+        "check_deterministic",
+        name,
+        comparisons,
+        raise_on_failure,
+        lambda c: f"two eval-mode forward passes differ by {c.max_abs_err:.3e} in the {c.what} at {c.where()} "
+        f"(dropout or state that changes on every call?)",
     )
-    return _finish(CheckResult("check_deterministic", name, ok, err, message=msg), raise_on_failure)
 
 
 def check_batch_independent(
@@ -534,17 +508,18 @@ def check_batch_independent(
         y, ld = _call(tc, xd, cd)
         y, ld = y[:n], ld[:n]
         parts = [_call(tc, xd[i : i + 1], None if cd is None else cd[i : i + 1]) for i in range(n)]
-    ys = torch.cat([p[0] for p in parts])
-    lds = torch.cat([p[1] for p in parts])
-    diff = torch.cat([(ys - y).abs(), (lds - ld).abs()[:, None]], dim=1)
-    err, sample, _, ok = _worst(diff, torch.full_like(diff, atol))
-    msg = (
-        f"check_batch_independent passed for {name}"
-        if ok
-        else f"check_batch_independent failed for {name}: sample {sample} gives a different output alone than "
-        f"in the batch (max abs difference {err:.3e}); eval-mode layers must treat samples independently"
+    comparisons = [
+        compare(torch.cat([p[0] for p in parts]), y, atol, what="output"),
+        compare(torch.cat([p[1] for p in parts]), ld, atol, what="logabsdet"),
+    ]
+    return _verdict(
+        "check_batch_independent",
+        name,
+        comparisons,
+        raise_on_failure,
+        lambda c: f"sample {c.worst_sample} gives a different {c.what} alone than in the batch ({c.message()}); "
+        "eval-mode layers must treat samples independently",
     )
-    return _finish(CheckResult("check_batch_independent", name, ok, err, sample, message=msg), raise_on_failure)
 
 
 def check_shared_context(
@@ -574,6 +549,7 @@ def check_shared_context(
         seed: The seed of the noise that makes the S rows of a group differ.
 
     Example:
+        >>> import flowkit
         >>> t = randomize_parameters(flowkit.AffineCoupling(4, 2, hidden_features=8))
         >>> bool(check_shared_context(t, torch.randn(3, 4), torch.randn(3, 2)))
         True
@@ -590,25 +566,23 @@ def check_shared_context(
     xs = repeat_context(xd, repeats) + 0.1 * torch.randn(xd.shape[0] * repeats, xd.shape[1], generator=g, dtype=torch.float64)
     _, tc, xs, cd = _prepare(t, xs, context, torch.float64, warm_up=False)
     _warm_up(tc, xs, repeat_context(cd, repeats))
-    results = []
+    comparisons = []
     with torch.no_grad():
         for direction, inv in (("forward", False), ("inverse", True)):
             fn = tc.inverse if inv else tc
             y_rep, ld_rep = fn(xs, repeat_context(cd, repeats))
             y_sh, ld_sh = fn(xs, cd, context_repeats=repeats)
-            diff = torch.cat([(y_sh - y_rep).abs(), (ld_sh - ld_rep).abs()[:, None]], dim=1)
-            err, sample, _, ok = _worst(diff, torch.full_like(diff, atol))
-            results.append((err, ok, direction, sample))
-    err, ok, direction, sample = max(results, key=lambda r: r[0])
-    ok = all(r[1] for r in results)
-    msg = (
-        f"check_shared_context passed for {name}: max abs difference {err:.3e}"
-        if ok
-        else f"check_shared_context failed for {name}: {direction} with context_repeats={repeats} differs from "
-        f"the repeated context at row {sample} by {err:.3e} > atol={atol:g}; a layer with shares_context=True "
-        f"must treat a context of B rows as each row repeated for its x rows"
+            comparisons.append(compare(y_sh, y_rep, atol, what=f"{direction} output"))
+            comparisons.append(compare(ld_sh, ld_rep, atol, what=f"{direction} logabsdet"))
+    return _verdict(
+        "check_shared_context",
+        name,
+        comparisons,
+        raise_on_failure,
+        lambda c: f"{c.what} with context_repeats={repeats} differs from the repeated context at row "
+        f"{c.worst_sample} by {c.max_abs_err:.3e} > atol={atol:g}; a layer with shares_context=True "
+        "must treat a context of B rows as each row repeated for its x rows",
     )
-    return _finish(CheckResult("check_shared_context", name, ok, err, sample, message=msg), raise_on_failure)
 
 
 def check_transform(
@@ -634,6 +608,7 @@ def check_transform(
         A :class:`CheckResult` whose ``details`` hold each check's result.
 
     Example:
+        >>> import flowkit
         >>> t = randomize_parameters(flowkit.AffineCoupling(5, 3, hidden_features=8), seed=0)
         >>> bool(check_transform(t, torch.randn(4, 5), torch.randn(4, 3)))
         True
@@ -679,6 +654,7 @@ def randomize_parameters(
         mark_initialized: Mark data-dependent initialisation as done.
 
     Example:
+        >>> import flowkit
         >>> t = randomize_parameters(flowkit.ActNorm(3), scale=0.5, seed=1)
     """
     g = torch.Generator().manual_seed(seed)
@@ -746,6 +722,7 @@ def check_base(
         raise_on_failure: Raise :class:`CheckFailed` on a mismatch (else return the result).
 
     Example:
+        >>> import flowkit
         >>> bool(check_base(flowkit.GaussianMixture(2, 3, context_features=1), torch.randn(4, 2), torch.randn(4, 1)))
         True
     """
@@ -767,24 +744,21 @@ def check_base(
                 problems.append(f"sample(4, context) is {tuple(s.shape)} {s.dtype} in {dt}, expected {want} finite")
     bc = prepared_copy(base, torch.float64)
     zd, cd = _as(z, torch.float64), _as(context, torch.float64)
-    err = 0.0
+    comparisons = []
     with torch.no_grad():
         lp = bc.log_prob(zd, cd)
         alone = torch.cat([bc.log_prob(zd[i : i + 1], None if cd is None else cd[i : i + 1]) for i in range(b)])
-        e = float((alone - lp).abs().max())
-        err = max(err, e)
-        if not e <= atol:
-            problems.append(f"log_prob of a sample alone differs from in the batch by {e:.3e}")
+        comparisons.append(compare(alone, lp, atol, what="log_prob of a sample alone differs from in the batch"))
         if cd is not None:
             zs = zd.repeat_interleave(repeats, dim=0) + 0.1 * torch.randn(
                 b * repeats, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64
             )
             shared = bc.log_prob(zs, cd, context_repeats=repeats)
             full = bc.log_prob(zs, cd.repeat_interleave(repeats, dim=0))
-            e = float((shared - full).abs().max())
-            err = max(err, e)
-            if not e <= atol:
-                problems.append(f"log_prob with context_repeats={repeats} differs from the repeated context by {e:.3e}")
+            what = f"log_prob with context_repeats={repeats} differs from the repeated context"
+            comparisons.append(compare(shared, full, atol, what=what))
+    problems += [f"{c.what} by {c.max_abs_err:.3e} ({c.message()})" for c in comparisons if not c.ok]
+    err = max(c.max_abs_err for c in comparisons)
     params = [p for p in bc.parameters() if p.requires_grad]
     if params:
         s = bc.sample(3, cd)

@@ -113,8 +113,8 @@ class LayerSpec:
             scale: The size of the random perturbation.
 
         Example:
-            >>> get_layer("AffineCoupling").build(5, 3, {"clamp": "tanh"}, seed=1)
-            AffineCoupling(features=5, context_features=3, mask='half', clamp='tanh')
+            >>> get_layer("AffineCoupling").build(5, 3, {"clamp": "tanh"}, seed=1).extra_repr()
+            "features=5, context_features=3, mask='half', clamp='tanh'"
         """
         from flowkit.testing.checks import randomize_parameters
 
@@ -167,9 +167,10 @@ def register_layer(
         The :class:`LayerSpec` (or, as a decorator, the factory itself).
 
     Example:
+        >>> import flowkit
         >>> spec = register_layer("MyActNorm", lambda d, c: flowkit.ActNorm(d), context="never")
         >>> registered_layers()["MyActNorm"].build(3)
-        ActNorm(features=3)
+        ActNorm(features=3, initialized=True)
     """
     if context not in CONTEXT_MODES:
         raise ValueError(f"context must be one of {CONTEXT_MODES}, got {context!r}")
@@ -234,6 +235,7 @@ def register_base(
     contexts, options and parameters).
 
     Example:
+        >>> import flowkit
         >>> spec = register_base("MyNormal", lambda d, c: flowkit.DiagonalNormal(d), context="never")
         >>> registered_bases()["MyNormal"].build(2)
         DiagonalNormal(features=2)

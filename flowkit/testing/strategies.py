@@ -54,8 +54,11 @@ def shapes(
         even: Draw even feature counts only.
 
     Example:
-        >>> shapes(max_features=4).example()  # doctest: +SKIP
-        (3, 1)
+        >>> from hypothesis import given
+        >>> @given(shapes(max_features=4))
+        ... def test_sizes(shape: tuple[int, int]) -> None:
+        ...     assert 1 <= shape[0] and 1 <= shape[1] <= 4
+        >>> test_sizes()
     """
     batch = draw(st.integers(min_batch, max_batch))
     if even:
@@ -171,8 +174,12 @@ def layer_configs(
         max_context_features: The largest context size drawn.
 
     Example:
-        >>> layer_configs(names=["AffineCoupling"]).example()  # doctest: +SKIP
-        LayerConfig(name='AffineCoupling', features=3, context_features=2, options={...}, seed=7)
+        >>> from hypothesis import given, settings
+        >>> @settings(max_examples=10, deadline=None)
+        ... @given(layer_configs(names=["AffineCoupling"]))
+        ... def test_builds(config: LayerConfig) -> None:
+        ...     assert config.name == "AffineCoupling" and config.build().features == config.features
+        >>> test_builds()
     """
     name = draw(st.sampled_from(_names(names)))
     spec: LayerSpec = get_layer(name)

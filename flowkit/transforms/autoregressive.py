@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowkit._validation import check_positive_int
 from flowkit.nn import soft_log_scale
 from flowkit.transforms.base import Transform
 from flowkit.transforms.spline import check_spline_args, rational_quadratic_spline, spline_params_per_feature
@@ -76,10 +77,8 @@ class MaskedMLP(nn.Module):
         order: Sequence[int] | Tensor | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers (hidden layers of the net) must be >= 1, got {num_layers!r}")
-        if not isinstance(hidden_features, int) or hidden_features < 1:
-            raise ValueError(f"hidden_features must be a positive int, got {hidden_features!r}")
+        num_layers = check_positive_int("num_layers (hidden layers of the net)", num_layers)
+        hidden_features = check_positive_int("hidden_features", hidden_features)
         d, c, p, h = features, context_features, params_per_feature, hidden_features
         order_t = torch.arange(d) if order is None else torch.as_tensor(order, dtype=torch.long).flatten()
         if order_t.numel() != d or not torch.equal(torch.sort(order_t).values, torch.arange(d)):
@@ -178,6 +177,7 @@ class MaskedAutoregressive(Transform):
         clamp_bound: The bound of the affine log-scale's soft clamp.
 
     Example:
+        >>> from flowkit import Inverse
         >>> t = MaskedAutoregressive(4, context_features=2, hidden_features=16)
         >>> x, c = torch.randn(3, 4), torch.randn(3, 2)
         >>> y, ladj = t(x, context=c)

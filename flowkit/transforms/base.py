@@ -26,6 +26,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from flowkit._validation import check_positive_int
+
 __all__ = ["Transform", "InputError", "repeat_context", "check_values"]
 
 
@@ -133,8 +135,7 @@ def repeat_context(context: Tensor, repeats: int) -> Tensor:
 
 def check_repeats(owner: str, rows: int, context: Tensor | None, repeats: int) -> None:
     r"""Raises :class:`InputError` unless ``repeats`` is a positive int that splits ``rows``."""
-    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
-        raise InputError(f"{owner}: context_repeats must be a positive int, got {repeats!r}")
+    repeats = check_positive_int("context_repeats", repeats, where=owner, error=InputError)
     if repeats > 1 and isinstance(context, Tensor) and context.dim() >= 1 and rows != context.shape[0] * repeats:
         raise InputError(
             f"{owner}: with context_repeats={repeats}, x needs {repeats} rows per context row "
@@ -177,8 +178,7 @@ class Transform(nn.Module):
 
     def __init__(self, features: int, context_features: int = 0) -> None:
         super().__init__()
-        if not isinstance(features, int) or features < 1:
-            raise ValueError(f"features must be a positive int, got {features!r}")
+        features = check_positive_int("features", features)
         if not isinstance(context_features, int) or context_features < 0:
             raise ValueError(f"context_features must be a non-negative int, got {context_features!r}")
         self.features = features

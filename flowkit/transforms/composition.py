@@ -42,6 +42,8 @@ class Sequential(Transform):
         transforms: The transforms, applied in the given order in the forward direction.
 
     Example:
+        >>> import torch
+        >>> from flowkit import ActNorm, AffineCoupling, Switch
         >>> t = Sequential(ActNorm(4), AffineCoupling(4, hidden_features=16), Switch(4))
         >>> y, ladj = t(torch.randn(8, 4))
         >>> len(t), ladj.shape
@@ -105,6 +107,8 @@ class Inverse(Transform):
         transform: The transform to invert.
 
     Example:
+        >>> import torch
+        >>> from flowkit import ActNorm
         >>> t = Inverse(ActNorm(3))
         >>> x, ladj = t(torch.randn(2, 3))
     """

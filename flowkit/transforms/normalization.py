@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from flowkit._validation import check_positive_int
 from flowkit.nn import MLP
 from flowkit.transforms.base import InputError, Transform, _is_compiling
 
@@ -149,10 +150,9 @@ class ConditionalActNorm(Transform):
         num_layers: int = 1,
         scale: str = "exp",
     ) -> None:
-        if not isinstance(context_features, int) or context_features < 1:
-            raise ValueError(
-                f"ConditionalActNorm needs context_features >= 1, got {context_features!r}; use ActNorm without context"
-            )
+        context_features = check_positive_int(
+            "context_features (use ActNorm without context)", context_features, where="ConditionalActNorm"
+        )
         if scale not in ACTNORM_SCALES:
             raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(map(repr, ACTNORM_SCALES))}")
         super().__init__(features, context_features)
@@ -272,6 +272,7 @@ def data_init(flow_or_transform: nn.Module, x: Tensor, context: Tensor | None = 
         The same module, initialized.
 
     Example:
+        >>> import flowkit
         >>> flow = flowkit.glow(4, num_layers=2, hidden_features=16)
         >>> _ = flowkit.data_init(flow, torch.randn(64, 4))
     """

@@ -103,7 +103,7 @@ def spline_knots(raw: Tensor, bound: float) -> tuple[Tensor, Tensor, Tensor]:
 
     Example:
         >>> xk, yk, d = spline_knots(torch.zeros(2, 11), bound=3.0)
-        >>> xk[0].tolist(), d[0].tolist()
+        >>> xk[0].tolist(), [round(v, 6) for v in d[0].tolist()]
         ([-3.0, -1.5, 0.0, 1.5, 3.0], [1.0, 1.0, 1.0, 1.0, 1.0])
     """
     k = (raw.shape[-1] + 1) // 3

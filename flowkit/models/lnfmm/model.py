@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from flowkit._validation import check_positive_int
 from flowkit.models.lnfmm.config import LNFMMConfig
 from flowkit.models.lnfmm.decoders import Discriminator64, FeatureDecoder, Generator64, TextDecoder
 from flowkit.models.lnfmm.encoders import CellEncoder, ConvEncoder, FeatureEncoder, TextEncoder, VGG16Encoder
@@ -608,8 +609,7 @@ class LNFMM(nn.Module):
         """
         if method not in ("greedy", "beam", "sample"):
             raise ValueError(f"method must be 'greedy', 'beam' or 'sample', got {method!r}")
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        num_samples = check_positive_int("num_samples", num_samples)
         max_len = self.config.max_caption_len if max_len is None else int(max_len)
         shared = self.encode_images(images)["shared_text"]
         latent = repeat(shared, "b d -> b s d", s=num_samples)
@@ -641,8 +641,7 @@ class LNFMM(nn.Module):
             (B, S, 3, H, W) in [0, 1], or (B, S, F) features for the "features" encoder. With
             ``image_specific_dim=0`` (LNFMM-TXT) the S images are identical.
         """
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        num_samples = check_positive_int("num_samples", num_samples)
         shared = self.encode_captions(captions)["shared_image"]
         shared_rep = rearrange(repeat(shared, "b d -> b s d", s=num_samples), "b s d -> (b s) d")
         if self.f_v is None:

@@ -18,12 +18,13 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from flowkit.distributions import Flow, StandardNormal
+from flowkit._validation import check_positive_int
+from flowkit.builders import glow
+from flowkit.distributions import Flow
 from flowkit.nn import MLP
 from flowkit.transforms.composition import Sequential
 from flowkit.transforms.coupling import AdditiveCoupling, AffineCoupling
-from flowkit.transforms.linear import Invertible1x1
-from flowkit.transforms.normalization import ConditionalActNorm, ElementwiseScale
+from flowkit.transforms.normalization import ElementwiseScale
 from flowkit.transforms.permutations import Switch
 
 __all__ = ["build_fs", "build_prior_flow", "ConditionalGaussian"]
@@ -70,7 +71,7 @@ def build_prior_flow(
     clamp: str = "sigmoid",
     base_std: float = 0.25,
 ) -> Flow:
-    r"""Builds a conditional flow prior :math:`p(z' | z_s)` (:math:`f_v` or :math:`f_t`).
+    r"""Builds a conditional flow prior :math:`p(z' | z_s)` (:math:`f_v` or :math:`f_t`) with :func:`flowkit.glow`.
 
     Step: ConditionalActNorm (MLP of the context; official ``sigmoid(logs + 2)`` scale when
     ``clamp="sigmoid"``) -> AffineCoupling with the context concatenated to the net's input
@@ -91,15 +92,18 @@ def build_prior_flow(
         >>> fv.log_prob(torch.randn(3, 4), context=c).shape, fv.sample(5, context=c).shape
         (torch.Size([3]), torch.Size([3, 5, 4]))
     """
-    actnorm_scale = "sigmoid" if clamp == "sigmoid" else "exp"
-    steps: list[nn.Module] = []
-    for _ in range(layers):
-        steps.append(ConditionalActNorm(features, context_features, hidden_features=hidden, num_layers=1, scale=actnorm_scale))
-        steps.append(AffineCoupling(features, context_features, hidden_features=hidden, num_layers=1, clamp=clamp))
-        if conv1x1:
-            steps.append(Invertible1x1(features))
-        steps.append(Switch(features))
-    return Flow(Sequential(*steps), StandardNormal(features, std=base_std))
+    context_features = check_positive_int("context_features (a prior p(z' | z_s) needs one)", context_features)
+    return glow(
+        features,
+        context_features,
+        num_layers=layers,
+        hidden_features=hidden,
+        conv1x1=conv1x1,
+        clamp=clamp,
+        base_std=base_std,
+        net_layers=1,
+        actnorm_scale="sigmoid" if clamp == "sigmoid" else "exp",
+    )
 
 
 class ConditionalGaussian(nn.Module):

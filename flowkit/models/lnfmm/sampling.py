@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor
 
+from flowkit._validation import check_positive_int
 from flowkit.models.lnfmm.decoders import END, PAD, START, TextDecoder
 
 __all__ = ["greedy_decode", "sample_decode", "beam_search", "ids_to_strings"]
@@ -176,8 +177,7 @@ def beam_search(decoder: TextDecoder, latent: Tensor, max_len: int, beam_width: 
     """
     if max_len < 2:
         raise ValueError(f"max_len must be >= 2 (start and end), got {max_len}")
-    if beam_width < 1:
-        raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+    beam_width = check_positive_int("beam_width", beam_width)
     n, k, device = latent.shape[0], beam_width, latent.device
     run = decoder.stepper(repeat(latent, "n z -> (n k) z", k=k))
     lat = run.lat  # the latent is constant per sequence and beam
