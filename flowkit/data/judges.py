@@ -21,12 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -46,6 +44,7 @@ from flowkit.data.grammar import (
     canonical,
     parse,
 )
+from flowkit.io import cache_dir  # re-exported: flowkit.data.judges.cache_dir
 
 __all__ = [
     "caption_accuracy",
@@ -386,12 +385,6 @@ def train_attribute_classifier(config: ClassifierConfig | None = None, progress:
     return model
 
 
-def cache_dir() -> Path:
-    r"""The flowkit cache folder: ``$FLOWKIT_CACHE`` or ``~/.cache/flowkit``."""
-    env = os.environ.get("FLOWKIT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "flowkit"
-
-
 def get_attribute_classifier(
     config: ClassifierConfig | None = None,
     cache: bool = True,
@@ -412,7 +405,7 @@ def get_attribute_classifier(
         >>> clf.metrics["scene"] > 0.9  # doctest: +SKIP
         True
     """
-    from flowkit.training.checkpoint import _atomic_write, read_cache
+    from flowkit.io import atomic_write, read_cache
 
     cfg = config or ClassifierConfig()
     path = cache_dir() / f"attribute_classifier-{cfg.key()}.pt"
@@ -425,7 +418,7 @@ def get_attribute_classifier(
     model = train_attribute_classifier(cfg, progress=progress)
     if cache:
         state = {"state_dict": model.state_dict(), "config": asdict(cfg), "metrics": dict(model.metrics)}
-        _atomic_write(path, lambda f: torch.save(state, f))
+        atomic_write(path, lambda f: torch.save(state, f))
     return model
 
 
