@@ -48,7 +48,7 @@ import flowkit
 from flowkit.data import load_caption_data
 from flowkit.data.coco import load_image, pil_to_tensor, read_splits
 from flowkit.data.features import extract_features, shapes_trunk_features
-from flowkit.data.judges import cache_dir
+from flowkit.io import cache_dir
 from flowkit.data.shapes import DEFAULT_SIZES, export_coco
 from flowkit.evaluation import evaluate_captioning, format_captioning_table, probe_image_codes, scenes_from_export, write_report
 from flowkit.evaluation.diagnostics import caption_validator

@@ -13,6 +13,7 @@ both and wires them:
 
 Example:
     >>> import tempfile
+    >>> import torch
     >>> import flowkit
     >>> from flowkit.training import TrainSettings, seed_everything
     >>> x = torch.randn(256, 2) * torch.tensor([2.0, 0.5])
@@ -33,7 +34,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -85,8 +85,8 @@ def train(
         >>> data = load_caption_data("shapes", sizes={"train": 2, "val": 1, "test": 1}, max_len=8)
         >>> cfg = LNFMMConfig.small(image_encoder_init="random", freeze_image_trunk=False, shared_dim=8, fs_layers=1, fv_layers=1, ft_layers=1)
         >>> trainer = train(cfg, data, TrainSettings(steps=2, batch_size=4, progress=False, device="cpu"))
-        >>> trainer.step, sorted(trainer.last_terms)[:2]
-        (2, ['align', 'kl_t'])
+        >>> trainer.step, {"loss", "kl_t", "rec_t"} <= set(trainer.last_terms)
+        (2, True)
     """
     config = adapt_config(config, data)
     seed_everything(settings.seed)
@@ -113,10 +113,11 @@ class DensityStep:
             unconditional.
 
     Example:
+        >>> import torch
         >>> import flowkit
         >>> flow = flowkit.glow(2, 0, num_layers=2, hidden_features=8)
-        >>> float(DensityStep()(flow, {"x": torch.zeros(4, 2)})["loss"]) > 0
-        True
+        >>> DensityStep()(flow, {"x": torch.randn(4, 2)})["loss"].shape
+        torch.Size([])
     """
 
     def __init__(self, lr: float = 1e-3, clip_value: float | None = None, x: str = "x", context: str = "context") -> None:
@@ -172,6 +173,7 @@ def train_flow(
         The trainer (``trainer.module`` is the trained flow), after it closed.
 
     Example:
+        >>> import torch
         >>> import flowkit
         >>> from flowkit.training import TrainSettings, seed_everything
         >>> seed_everything(0); flow = flowkit.glow(2, 0, num_layers=2, hidden_features=8)

@@ -4,8 +4,12 @@ Writes ``OUT/checkpoint.pt`` (``torch.load(..., weights_only=True)``), ``OUT/con
 ``OUT/vocab.json``, ``OUT/training.json`` and ``OUT/log.csv`` (plus ``OUT/tensorboard/``).
 
 Example:
+    >>> import tempfile
     >>> from flowkit.cli import main
-    >>> main(["train", "--data", "shapes", "--preset", "small", "--steps", "200", "--out", "runs/a"])
+    >>> tiny = ["image_encoder_init=random", "freeze_image_trunk=false", "shared_dim=8", "fs_layers=1", "fv_layers=1", "ft_layers=1"]
+    >>> out = tempfile.mkdtemp()
+    >>> main(["train", "--sizes", "train=2,val=1,test=1", "--steps", "1", "--batch-size", "4", "--no-progress", "--out", out, "--set", *tiny])  # doctest: +ELLIPSIS
+    saved .../checkpoint.pt at step 1 (...)
     0
 """
 

@@ -22,23 +22,18 @@ depends on is either in the checkpoint or a pure function of it:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import random
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.data._utils.collate import default_collate
 
 from flowkit.io import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, write_run_metadata
 from flowkit.training.checkpoint import get_rng_state, set_rng_state
@@ -53,6 +48,8 @@ from flowkit.training.distributed import (
     shutdown_distributed,
 )
 from flowkit.training.logging import RunLogger, format_terms
+from flowkit.training.settings import NonFiniteLossError, TrainSettings, derive_seed, epoch_order, labeled_mask, seed_everything
+from flowkit.training.step import Step, _adam, _clip, _collate, _DeviceBatch, _grads_finite, _Indexed, _param_groups, _Update
 
 __all__ = [
     "NonFiniteLossError",
@@ -67,316 +64,6 @@ __all__ = [
 
 # Settings that change what a step computes: a resume with other values cannot be exact.
 RESUME_KEYS: tuple[str, ...] = ("batch_size", "seed", "labeled_fraction", "lr_schedule")
-# The learning rate of the default param group (a step without ``param_groups``).
-DEFAULT_LR = 1e-3
-
-
-class NonFiniteLossError(FloatingPointError):
-    r"""A loss term (or a gradient) turned NaN or infinite.
-
-    Nothing is saved when it is raised: the last checkpoint on disk is the last good state.
-
-    Arguments:
-        step: The step (1-based) whose loss was not finite.
-        terms: Every term's value at that step.
-        bad: The names of the non-finite terms (or ``"grad:<group>"`` for gradients).
-    """
-
-    def __init__(self, step: int, terms: Mapping[str, float], bad: Sequence[str]) -> None:
-        self.step = step
-        self.terms = dict(terms)
-        self.bad = list(bad)
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in self.terms.items())
-        super().__init__(
-            f"non-finite value in {', '.join(repr(b) for b in self.bad)} at step {step} "
-            f"(terms: {shown}); nothing was saved, the last checkpoint is the last good state. "
-            f"Lower the learning rate or the loss weights, or tighten the gradient clip values"
-        )
-
-
-@dataclass
-class TrainSettings:
-    r"""How to train (the model's own hyper-parameters live in its config).
-
-    Arguments:
-        steps: The total number of optimizer steps (a resumed run continues up to it).
-        batch_size: Pairs per step and process.
-        seed: Seeds the model's initialization, the training randomness and the data order.
-        labeled_fraction: Semi-supervised training: this fraction of the training items (a
-            fixed subset chosen by the seed) is labeled, and each batch carries a boolean
-            ``"labeled"`` entry for the step; 1.0 is fully supervised (no such entry).
-        checkpoint_every: Save every that many steps (0: only at the end); a run killed at any
-            point loses at most that many steps.
-        log_every: Write a log row every that many steps (and at the last step).
-        log: ``"csv"`` (always written), ``"tensorboard"`` or ``"both"``: CSV plus TensorBoard.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        amp: Mixed precision on CUDA: ``"auto"`` (bf16 where supported, else fp16 with a grad
-            scaler), ``"bf16"``, ``"fp16"`` or ``"off"``. Ignored on CPU.
-        progress: Show a tqdm progress bar (rank 0 only).
-        num_workers: DataLoader worker processes.
-        find_unused_parameters: Passed to DistributedDataParallel: set it for a model that
-            leaves some trainable parameters without a gradient in a step.
-        validate_every: Run the trainer's ``validate`` function every that many steps (and
-            at the last step) and write its metrics to ``validation.csv`` (0: never).
-        lr_schedule: ``"constant"``, or ``"cosine"``: every group's learning rate follows
-            :math:`\mathrm{lr}_0 \cdot \tfrac12 (1 + \cos(\pi (t - 1) / T))` at step
-            :math:`t` of :math:`T` = ``steps`` (a pure function of the step, so resume stays
-            exact; resuming with other ``steps`` stretches the curve from there on).
-
-    Example:
-        >>> TrainSettings(steps=100, batch_size=16, seed=1).to_dict()["steps"]
-        100
-    """
-
-    steps: int = 1000
-    batch_size: int = 128
-    seed: int = 0
-    labeled_fraction: float = 1.0
-    checkpoint_every: int = 500
-    log_every: int = 1
-    log: str = "csv"
-    device: str = "auto"
-    amp: str = "auto"
-    progress: bool = True
-    num_workers: int = 0
-    find_unused_parameters: bool = False
-    validate_every: int = 0
-    lr_schedule: str = "constant"
-
-    def __post_init__(self) -> None:
-        errors = []
-        for name in ("steps", "checkpoint_every", "num_workers", "validate_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                errors.append(f"{name} must be an int >= 0, got {v!r}")
-        for name in ("batch_size", "log_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                errors.append(f"{name} must be a positive int, got {v!r}")
-        if not isinstance(self.labeled_fraction, (int, float)) or not 0.0 < self.labeled_fraction <= 1.0:
-            errors.append(f"labeled_fraction must be in (0, 1], got {self.labeled_fraction!r}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            errors.append(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        if self.log not in ("csv", "tensorboard", "both"):
-            errors.append(f"log must be 'csv', 'tensorboard' or 'both', got {self.log!r}")
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
-            errors.append(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
-        if errors:
-            raise ValueError("invalid TrainSettings:\n  - " + "\n  - ".join(errors))
-
-    def to_dict(self) -> dict[str, Any]:
-        r"""The settings as a JSON-able dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainSettings:
-        r"""Settings from a dict (e.g. a checkpoint's ``training`` entry); unknown keys are ignored.
-
-        Arguments:
-            d: Field values.
-        """
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-# -- seeds and data order -------------------------------------------------------------------
-
-
-def derive_seed(*keys: int) -> int:
-    r"""A 63-bit seed from a tuple of ints (numpy ``SeedSequence``): independent streams per key.
-
-    Example:
-        >>> derive_seed(0, 1) != derive_seed(1, 0)
-        True
-    """
-
-    return int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(2, dtype=np.uint64)[0] >> 1)
-
-
-def seed_everything(seed: int) -> None:
-    r"""Seeds torch (CPU and CUDA), numpy and Python's ``random``.
-
-    Arguments:
-        seed: Any int.
-    """
-
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
-    r"""The shuffled order of ``n`` indices in an epoch: a pure function of ``(seed, epoch)``.
-
-    Example:
-        >>> torch.equal(epoch_order(10, 0, 3), epoch_order(10, 0, 3))
-        True
-    """
-
-    g = torch.Generator().manual_seed(derive_seed(seed, epoch, 0x0DA7A))
-    return torch.randperm(n, generator=g)
-
-
-def labeled_mask(n: int, fraction: float, seed: int) -> Tensor:
-    r"""A fixed, seeded subset of ``round(fraction * n)`` labeled pairs (at least one).
-
-    Arguments:
-        n: The number of training pairs.
-        fraction: The labeled fraction in (0, 1].
-        seed: The training seed.
-
-    Example:
-        >>> labeled_mask(10, 0.3, 0).sum().item()
-        3
-    """
-
-    mask = torch.zeros(n, dtype=torch.bool)
-    k = max(1, round(fraction * n))
-    g = torch.Generator().manual_seed(derive_seed(seed, 0x1ABE1))
-    mask[torch.randperm(n, generator=g)[:k]] = True
-    return mask
-
-
-# -- the step's side ------------------------------------------------------------------------
-
-
-class Step(Protocol):
-    r"""What the engine calls at every step: ``step(model, batch) -> {name: scalar tensor}``.
-
-    The dict must hold a scalar ``"loss"`` (what is minimized); its other scalar entries are
-    logged. ``model`` is the module being trained (wrapped in DistributedDataParallel under
-    ``torchrun``: call it, rather than its methods, so that gradients are synchronized);
-    ``batch`` is the collated dict of dataset items, its tensors moved to the device when
-    first read, plus ``"labeled"`` (a boolean tensor) when ``labeled_fraction < 1``.
-
-    Optional members, used when present:
-
-    * ``param_groups(model) -> list[dict]``: Adam param groups, each with ``params``, ``lr``
-      and optionally ``name``, ``clip_value`` (gradient value clip of the group) and Adam
-      options (``betas``...). Default: every trainable parameter, lr ``1e-3``, no clip.
-    * ``extra_updates(model) -> list[dict]``: optimizer updates taken before the main one at
-      every step, e.g. a GAN's discriminator. Each dict holds ``name`` (checkpoint keys
-      ``optimizer_<name>`` and ``scaler_<name>``, logged term ``<name>_loss``), ``group``
-      (one param group; its parameters are kept out of the main groups), ``loss``
-      (``loss(module, batch) -> scalar tensor``, given the unwrapped module) and optionally
-      ``state`` (``{key: module}`` whose state dicts each checkpoint also holds).
-
-    Example:
-        >>> def mse_step(model, batch):
-        ...     return {"loss": (model(batch["x"]) - batch["y"]).pow(2).mean()}
-    """
-
-    def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> Mapping[str, Tensor]: ...
-
-
-@dataclass
-class _Update:
-    # An extra optimizer update of the step (see Step), with its optimizer and scaler.
-    name: str
-    loss: Callable[[nn.Module, Mapping[str, Any]], Tensor]
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    state: Mapping[str, nn.Module]
-
-    @property
-    def params(self) -> list[nn.Parameter]:
-        return [p for g in self.optimizer.param_groups for p in g["params"]]
-
-
-class _DeviceBatch(Mapping[str, Any]):
-    r"""A collated batch whose tensors move to the device when first read: entries the step
-    never reads (image ids, ...) are never copied."""
-
-    def __init__(self, data: dict[str, Any], device: torch.device) -> None:
-        self._data = data
-        self._device = device
-
-    def __getitem__(self, key: str) -> Any:
-        value = self._data[key]
-        if isinstance(value, Tensor) and value.device != self._device:
-            value = self._data[key] = value.to(self._device, non_blocking=True)
-        return value
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def all_finite(self) -> bool:
-        r"""Whether every floating-point tensor entry is finite."""
-        return all(bool(torch.isfinite(v).all()) for v in self._data.values() if isinstance(v, Tensor) and v.is_floating_point())
-
-
-class _Indexed(Dataset):
-    # Adds the dataset index to each item, so that the labeled mask follows the item.
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item = self.dataset[i]
-        if not isinstance(item, Mapping):
-            raise TypeError(
-                f"dataset items must be dicts of tensors (e.g. {{'x': x, 'context': c}}), got a {type(item).__name__}: "
-                f"wrap the dataset so that its items are dicts (the step reads them by name)"
-            )
-        return {**item, "index": i}
-
-
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return default_collate(items)
-
-
-def _adam(groups: list[dict]) -> torch.optim.Adam:
-    r"""Adam with the fused kernel where PyTorch has it for these parameters (CPU and CUDA
-    floating point): one pass over each parameter's state instead of ~8 elementwise ops,
-    0.92 -> 0.31 s of the paper config's 2.9 s train step on one CPU thread
-    (``benchmarks/lnfmm_step.py --profile-train``). Falls back to the default otherwise."""
-    params = [p for g in groups for p in g["params"]]
-    if not params or not all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
-        return torch.optim.Adam(groups)
-    try:
-        return torch.optim.Adam(groups, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # a dtype or build without the fused kernel
-        return torch.optim.Adam(groups)
-
-
-def _param_groups(step: Step, model: nn.Module, exclude: set[int]) -> list[dict[str, Any]]:
-    r"""The step's param groups (or one group of every trainable parameter), each with a
-    ``name`` and ``clip_value``; parameters in ``exclude`` (extra updates') and frozen ones are
-    left out, and so are groups left empty."""
-    if hasattr(step, "param_groups"):
-        groups = [dict(g) for g in step.param_groups(model)]
-    else:
-        groups = [{"params": list(model.parameters()), "lr": DEFAULT_LR, "name": "all"}]
-    out = []
-    for g in groups:
-        g["params"] = [p for p in g["params"] if id(p) not in exclude and p.requires_grad]
-        g.setdefault("name", f"group{len(out)}")
-        g.setdefault("clip_value", None)
-        if g["params"]:
-            out.append(g)
-    if not out:
-        raise ValueError(f"{type(model).__name__} has no trainable parameters in the step's param groups")
-    return out
-
-
-def _clip(groups: Sequence[Mapping[str, Any]]) -> None:
-    for g in groups:
-        if g.get("clip_value") is not None:
-            torch.nn.utils.clip_grad_value_(g["params"], g["clip_value"])
-
-
-def _grads_finite(groups: Sequence[Mapping[str, Any]]) -> list[str]:
-    bad = []
-    for g in groups:
-        grads = [p.grad for p in g["params"] if p.grad is not None]
-        if grads and not bool(torch.stack([torch.isfinite(x).all() for x in grads]).all()):
-            bad.append(f"grad:{g['name']}")
-    return bad
 
 
 def _config_dict(config: Any) -> dict[str, Any] | None:
@@ -432,9 +119,10 @@ class Trainer:
         >>> def mse(model, batch):
         ...     return {"loss": (model(batch["x"]) - batch["y"]).pow(2).mean()}
         >>> seed_everything(0)
-        >>> trainer = Trainer(nn.Linear(2, 1), data, TrainSettings(steps=50, batch_size=16, progress=False, device="cpu"), step=mse)
-        >>> trainer.fit()["loss"] < 0.5
-        True
+        >>> trainer = Trainer(nn.Linear(2, 1), data, TrainSettings(steps=100, batch_size=16, progress=False, device="cpu"), step=mse)
+        >>> first = trainer.fit(steps=1)["loss"]
+        >>> trainer.fit()["loss"] < first, trainer.step
+        (True, 100)
     """
 
     def __init__(

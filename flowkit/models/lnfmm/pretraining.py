@@ -64,7 +64,7 @@ def pretrain_shapes_encoder(
     ``images`` training images of the shapes data with seed ``seed`` (the LNFMM data uses
     seed 0; whatever its seed, these are training-split images, so never test images). The
     global RNG is left untouched. The result is cached atomically under
-    :func:`flowkit.data.judges.cache_dir` (``$FLOWKIT_CACHE``), keyed by every argument.
+    :func:`flowkit.io.cache_dir` (``$FLOWKIT_CACHE``), keyed by every argument.
 
     Arguments:
         channels: The conv encoder's ``conv_encoder_channels``.

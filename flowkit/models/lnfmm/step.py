@@ -9,8 +9,8 @@ Example:
     >>> from flowkit.models import LNFMM, LNFMMConfig
     >>> model = LNFMM(LNFMMConfig.small(vocab_size=20, max_caption_len=8, image_encoder_init="random", freeze_image_trunk=False))
     >>> batch = {"image": torch.rand(2, 3, 64, 64), "caption": torch.randint(4, 20, (2, 8))}
-    >>> sorted(LNFMMStep()(model, batch))[:3]
-    ['align', 'kl_t', 'kl_v']
+    >>> {"loss", "kl_t", "kl_v", "rec_t"} <= set(LNFMMStep()(model, batch))
+    True
 """
 
 from __future__ import annotations
