@@ -147,6 +147,7 @@ def parse_overrides(items: list[str], config_class: Any) -> dict[str, Any]:
         config_class: The config dataclass (e.g. ``LNFMMConfig``).
 
     Example:
+        >>> from flowkit.models import LNFMMConfig
         >>> parse_overrides(["fs_layers=6", "gan=true", "lr=1e-3"], LNFMMConfig)
         {'fs_layers': 6, 'gan': True, 'lr': 0.001}
     """
