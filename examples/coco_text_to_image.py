@@ -31,7 +31,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -45,7 +44,7 @@ from flowkit.data.judges import ClassifierConfig, free_attribute_spread, get_att
 from flowkit.data.shapes import DEFAULT_SIZES, export_coco, shapes_export_root
 from flowkit.evaluation import load_model, plot_image_grid, sample_images_for_captions
 from flowkit.evaluation.frontier import image_frontier
-from flowkit.training.checkpoint import atomic_write_text
+from flowkit.io import atomic_write_json
 from flowkit.models.lnfmm.recipes import text_to_image_recipe
 from flowkit.training import TrainSettings, train
 
@@ -138,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     record = {"text_to_image": {**results, "test_captions": n, "samples_per_caption": args.num_samples, "judge": "shapes attribute classifier (seed 7919)"},
               "seconds": time.perf_counter() - start, "grid": str(grid)}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.json", json.dumps(record, indent=2))
+    atomic_write_json(out / "results.json", record)
     spread = results["free_attribute_spread"]
     print(f"\n[done] accuracy {results['accuracy']:.3f}, free-attribute spread {'n/a' if spread is None else f'{spread:.3f}'} at T=1 "
           f"-> {out / 'results.json'}, {grid} ({time.perf_counter() - start:.0f}s)")

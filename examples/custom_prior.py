@@ -35,7 +35,9 @@ import flowkit
 from flowkit.data import load_caption_data
 from flowkit.evaluation import generate_captions
 from flowkit.models import LNFMM, LNFMMConfig
-from flowkit.training import Trainer, TrainSettings, adapt_config, initialize_image_encoder, seed_everything
+from flowkit.models.lnfmm import LNFMMStep, adapt_config
+from flowkit.models.lnfmm.pretraining import initialize_image_encoder
+from flowkit.training import Trainer, TrainSettings, seed_everything
 
 
 def build_prior(features: int, context_features: int, layers: int = 3, hidden: int = 64, bins: int = 8) -> flowkit.Flow:
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     seed_everything(args.seed)
     model = LNFMM(config)
-    initialize_image_encoder(model)  # what flowkit.training.train does for small()
+    initialize_image_encoder(model)  # what flowkit.recipes.train does for small()
     default_params = sum(p.numel() for p in model.f_t.parameters())
     model.f_t = build_prior(config.text_specific_dim, config.shared_dim)  # <- the replacement
     print(f"f_t replaced: {type(model.f_t.transform[1].transform).__name__} inside {type(model.f_t).__name__} "
@@ -105,11 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     print("log p(z'_t | z_s):", model.f_t.log_prob(torch.zeros(3, config.text_specific_dim), context=z_s).detach().numpy().round(2))
 
     settings = TrainSettings(steps=steps, batch_size=16 if args.tiny else 32, seed=args.seed, progress=not args.no_progress)
-    trainer = Trainer(model, data.train, settings, out=Path(args.out), config=config, vocab=data.vocab.to_dict(), meta={"f_t": "custom spline prior (examples/custom_prior.py)"})
-    try:
-        terms = trainer.fit()
-    finally:
-        trainer.close()
+    meta = {"f_t": "custom spline prior (examples/custom_prior.py)"}
+    trainer = Trainer(model, data.train, settings, step=LNFMMStep(), out=Path(args.out), config=config, vocab=data.vocab.to_dict(), meta=meta)
+    terms = trainer.run().last_terms
     print(f"trained {steps} steps: " + ", ".join(f"{k}={v:.3g}" for k, v in terms.items()))
 
     captions = generate_captions(model, data.test, data.vocab, num_samples=args.num_samples, limit=3, seed=args.seed, progress=False)

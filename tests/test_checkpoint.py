@@ -146,6 +146,10 @@ class _Tiny(nn.Module):
         return {"loss": loss, "rec": loss.detach()}
 
 
+def _tiny_step(model, batch):
+    return model(batch["image"], batch["caption"])  # every parameter in one group (the default)
+
+
 class _Pairs(torch.utils.data.Dataset):
     def __len__(self):
         return 6
@@ -161,6 +165,7 @@ def test_trainer_checkpoint_contents(tmp_path):
         _Tiny(),
         _Pairs(),
         TrainSettings(steps=3, batch_size=2, progress=False, device="cpu"),
+        step=_tiny_step,
         out=tmp_path,
         config={"width": 4},
         vocab={"format": "flowkit.vocab/1", "itos": ["<pad>", "<start>", "<end>", "<unk>", "a"]},

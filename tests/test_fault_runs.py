@@ -147,7 +147,7 @@ def test_resume_into_a_folder_with_a_checkpoint(tmp_path, capsys):
 
 
 def test_batch_larger_than_the_data_warns(tmp_path):
-    with pytest.warns(UserWarning, match=r"batch size 64 is larger than the \d+ training pairs per process"):
+    with pytest.warns(UserWarning, match=r"batch size 64 is larger than the \d+ training items per process"):
         assert main(_args(tmp_path / "a", 1, "--batch-size", "64")) == 0
 
 
@@ -234,7 +234,7 @@ def test_stale_temp_files_are_removed(tmp_path):
 
 
 def test_corrupt_cache_file_is_named_and_rebuilt(tmp_path, monkeypatch):
-    from flowkit.training.pretraining import pretrain_shapes_encoder
+    from flowkit.models.lnfmm.pretraining import pretrain_shapes_encoder
 
     monkeypatch.setenv("FLOWKIT_CACHE", str(tmp_path))
     kw = dict(channels=2, hidden=4, steps=1, images=4, batch_size=2)

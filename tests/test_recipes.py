@@ -54,13 +54,27 @@ def feature_data(tmp_path_factory):
     return load_caption_data("coco", root=root, features=path, split_scheme="coco", max_len=12)
 
 
+@pytest.fixture(scope="module")
+def pixel_data(tmp_path_factory):
+    root = export_coco(tmp_path_factory.mktemp("coco_pixels"), sizes={"train": 6, "val": 2, "test": 2}, seed=1)
+    return load_caption_data("coco", root=root, split_scheme="coco", max_len=12)
+
+
 @pytest.mark.parametrize("name", list(RECIPES))
-def test_the_engine_trains_every_recipe(name, tmp_path, feature_data):
+def test_the_engine_trains_every_recipe(name, tmp_path, feature_data, pixel_data, monkeypatch):
     recipe = RECIPES[name](**TINY)
     settings = TrainSettings(steps=3, batch_size=4, progress=False, device="cpu")
-    trainer = train(recipe.config, feature_data, settings, out=tmp_path)
+    data = feature_data if recipe.image_input == "features" else pixel_data
+    if recipe.config.image_encoder_init == "shapes-trunk":  # a small trunk instead of the 20 s pre-training
+        from flowkit.data import features
+
+        monkeypatch.setattr(features, "shapes_trunk", lambda progress=False: features.get_attribute_classifier(
+            features.ClassifierConfig(seed=features.SHAPES_TRUNK_SEED, train_size=32, test_size=8, epochs=1)))
+    trainer = train(recipe.config, data, settings, out=tmp_path)
     model = trainer.module
     assert isinstance(model, LNFMM) and trainer.step == 3 and (tmp_path / "checkpoint.pt").is_file()
     assert all(torch.isfinite(torch.tensor(v)) for v in trainer.last_terms.values())
     if name == "captioner":
         assert model.f_t is None and trainer.last_terms["kl_t"] == 0
+    if recipe.image_input == "pixels":
+        assert model.config.pixels and trainer.last_terms["cross_v"] > 0

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from flowkit.data.judges import AttributeClassifier
+from flowkit.data.classifier import AttributeClassifier
 from flowkit.evaluation.frontier import FrontierPoint, image_frontier
 from flowkit.models import LNFMM, LNFMMConfig
 from flowkit.models.lnfmm.encoders import CellEncoder
@@ -120,3 +120,13 @@ def test_image_frontier_judges_every_temperature():
     for p in points:
         assert p.accuracy == 0.5 and p.distinct == 1.0  # one caption of two has true images
         assert 0.0 <= p.coverage <= 1.0 and not math.isnan(p.coverage)
+
+
+def test_the_text_to_image_recipe_refuses_feature_data():
+    from types import SimpleNamespace
+
+    from flowkit.models.lnfmm.step import adapt_config
+
+    data = SimpleNamespace(vocab=range(30), train=[], image_kind="features", image_shape=(576,), max_len=12)
+    with pytest.raises(ValueError, match="compares generated images with the data's pixels, but the data holds image features"):
+        adapt_config(text_to_image_recipe().config, data)

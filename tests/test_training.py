@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from flowkit.models.lnfmm import LNFMMStep
 from flowkit.training import (
     NonFiniteLossError,
     Trainer,
@@ -27,7 +28,7 @@ from flowkit.training import (
 
 
 class Toy(nn.Module):
-    """Returns LNFMM-like loss terms; draws torch, numpy and Python random numbers; has a
+    """Returns LNFMM-like loss terms (trained with LNFMM's step, whose calling convention it has); draws torch, numpy and Python random numbers; has a
     data-dependent init flag (a buffer, as ActNorm's) and two param groups with value clips."""
 
     def __init__(self, nan_at: int | None = None, nan_term: str = "kl", huge_grad: bool = False) -> None:
@@ -93,7 +94,8 @@ def _settings(**kw) -> TrainSettings:
 
 def _toy_trainer(out, dataset=None, model_kw=None, **kw) -> Trainer:
     seed_everything(kw.get("seed", 3))
-    return Trainer(Toy(**(model_kw or {})), dataset if dataset is not None else Pairs(), _settings(**kw), out=out, config={"toy": 1})
+    data = dataset if dataset is not None else Pairs()
+    return Trainer(Toy(**(model_kw or {})), data, _settings(**kw), step=LNFMMStep(), out=out, config={"toy": 1})
 
 
 def _assert_same_state(a: dict, b: dict) -> None:
@@ -143,7 +145,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     with pytest.raises(ValueError, match="batch_size: checkpoint 4, now 2"):
         other.load(tmp_path)
     seed_everything(3)
-    other = Trainer(Toy(), Pairs(), _settings(steps=4), out=tmp_path, config={"toy": 2})
+    other = Trainer(Toy(), Pairs(), _settings(steps=4), step=LNFMMStep(), out=tmp_path, config={"toy": 2})
     with pytest.raises(ValueError, match=r"config\.toy: checkpoint 1, now 2"):
         other.load(tmp_path)
 
@@ -373,7 +375,7 @@ def test_validation_runs_every_n_steps_and_changes_nothing(tmp_path):
     plain = _toy_trainer(tmp_path / "a", steps=6)
     plain.fit()
     seed_everything(3)
-    checked = Trainer(Toy(), Pairs(), _settings(steps=6, validate_every=4), out=tmp_path / "b", config={"toy": 1}, validate=validate)
+    checked = Trainer(Toy(), Pairs(), _settings(steps=6, validate_every=4), step=LNFMMStep(), out=tmp_path / "b", config={"toy": 1}, validate=validate)
     checked.fit()
     assert checked.module.training
     _assert_same_state(plain.module.state_dict(), checked.module.state_dict())

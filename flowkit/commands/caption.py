@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flowkit.commands import positive_int
+from flowkit.io import atomic_write_text, check_output, checkpoint_path, run_folder
 
 __all__ = ["add_parser", "run", "add_data_arguments", "data_overrides"]
 
@@ -102,49 +103,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def run_dir(checkpoint: str) -> Path:
-    r"""The run folder of a ``--checkpoint`` argument (a folder or a checkpoint file)."""
-    path = Path(checkpoint)
-    return path if path.is_dir() or not path.suffix else path.parent
-
-
-def _split_dataset(data: Any, split: str) -> Any:
-    r"""One item per image of a split (the training split holds one item per pair)."""
-    from flowkit.data import ImageDataset
-
-    if split == "train":
-        return ImageDataset(data.train.images, list(dict.fromkeys(data.train.image_ids)))
-    return getattr(data, split)
-
-
 def _output(args: argparse.Namespace) -> Path | None:
     r"""The ``--out`` file (None: the default, known once the split is), checked before any
     sampling: never a checkpoint, and a writable folder (the run's, by default)."""
-    from flowkit.evaluation import checkpoint_file
-    from flowkit.training.safety import check_output
-
-    ckpt = checkpoint_file(args.checkpoint)
+    ckpt = checkpoint_path(args.checkpoint)
     if args.out:
         return check_output(args.out, "--out", protected=(ckpt,))
-    check_output(run_dir(args.checkpoint) / "captions_test.json", "the default output (pass --out FILE elsewhere)", protected=(ckpt,))
+    check_output(run_folder(args.checkpoint) / "captions_test.json", "the default output (pass --out FILE elsewhere)", protected=(ckpt,))
     return None
 
 
 def run(args: argparse.Namespace) -> int:
     r"""Runs ``flowkit caption`` with parsed arguments; returns the exit status."""
-    from flowkit.evaluation import generate_captions, load_run
-    from flowkit.training.checkpoint import atomic_write_text
+    from flowkit.evaluation import find_split, generate_captions, load_run, split_images
 
     out = _output(args)
     model, data, _ = load_run(args.checkpoint, device=args.device, **data_overrides(args))
-    split = args.split or "test"
-    if args.images is not None and args.split is None:
-        wanted = set(args.images)
-        found = [s for s in ("test", "val", "train") if wanted <= set(_split_dataset(data, s).image_ids)]
-        if not found:
-            raise ValueError(f"image ids {sorted(wanted)[:5]} are not all in one split of the data (test, val or train)")
-        split = found[0]
-    dataset = _split_dataset(data, split)
+    split = args.split or ("test" if args.images is None else find_split(data, args.images))
+    dataset = split_images(data, split)
     if len(dataset) == 0:
         raise ValueError(f"split {split!r} has no images")
     captions = generate_captions(
@@ -167,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"image {iid} ({distinct} distinct of {len(caps)})" + (f"  reference: {refs[iid][0]}" if refs.get(iid) else ""))
             for c in caps[: args.show]:
                 print(f"  {c}")
-    out = out or run_dir(args.checkpoint) / f"captions_{split}.json"
+    out = out or run_folder(args.checkpoint) / f"captions_{split}.json"
     atomic_write_text(out, json.dumps({str(k): v for k, v in captions.items()}, indent=1) + "\n")
     print(f"wrote {len(captions)} images x {args.num_samples} captions to {out}")
     return 0

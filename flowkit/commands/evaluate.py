@@ -10,7 +10,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
 import time
 import warnings
 from pathlib import Path
@@ -96,17 +95,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     r"""Runs ``flowkit evaluate`` with parsed arguments; returns the exit status."""
-    import torch
-
-    from flowkit.commands.caption import data_overrides, run_dir
+    from flowkit.commands.caption import data_overrides
     from flowkit.evaluation import (
         evaluate_captioning,
         evaluate_text_to_image,
         format_captioning_table,
         format_text_to_image_table,
         load_run,
+        run_facts,
         write_report,
     )
+    from flowkit.io import run_folder
     from flowkit.metrics import spice_available
 
     start = time.perf_counter()
@@ -114,7 +113,6 @@ def run(args: argparse.Namespace) -> int:
     if args.t2i_samples < 2 and not args.no_text_to_image:
         raise ValueError("--t2i-samples must be >= 2 (diversity compares samples of a caption)")
     model, data, ckpt = load_run(args.checkpoint, device=args.device, progress=progress, **data_overrides(args))
-    opts = ckpt.get("_data_options", {})
     results: dict[str, Any] = {}
     if not args.no_captioning:
         with warnings.catch_warnings():
@@ -160,17 +158,8 @@ def run(args: argparse.Namespace) -> int:
             print("text-to-image skipped: the model works on image features, it does not generate pixels")
     if not results:
         raise ValueError("nothing to evaluate: both --no-captioning and --no-text-to-image were given")
-    src = opts.get("data", "?")
-    where = opts.get("coco_root") if src == "coco" else f"sizes {opts.get('sizes') or 'default'}, seed {opts.get('data_seed', 0)}"
-    results["meta"] = {
-        "checkpoint": str(args.checkpoint),
-        "training steps": ckpt.get("step"),
-        "preset": (ckpt.get("config", {}).get("notes") or {}).get("preset", "custom"),
-        "data": f"{src} ({where})",
-        "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, device {args.device}",
-        "evaluation seconds": round(time.perf_counter() - start, 1),
-    }
-    out = Path(args.out) if args.out else run_dir(args.checkpoint) / "report"
+    results["meta"] = run_facts(args.checkpoint, ckpt, args.device, time.perf_counter() - start)
+    out = Path(args.out) if args.out else run_folder(args.checkpoint) / "report"
     paths = write_report(results, out)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     from flowkit.data import Vocabulary, tokenize
     from flowkit.evaluation import load_model, plot_image_grid, sample_images_for_captions
-    from flowkit.training.checkpoint import _atomic_write
+    from flowkit.io import atomic_write
 
     out, tensor_out = _outputs(args)
     model, ckpt = load_model(args.checkpoint, device=args.device)
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     plot_image_grid(captions, images, out, max_samples=args.num_samples)
     print(f"wrote {len(captions)} x {args.num_samples} images to {out}")
     if tensor_out is not None:
-        _atomic_write(tensor_out, lambda f: torch.save(images, f))
+        atomic_write(tensor_out, lambda f: torch.save(images, f))
         print(f"wrote the images tensor {tuple(images.shape)} to {tensor_out}")
     return 0
 
@@ -92,12 +92,10 @@ def run(args: argparse.Namespace) -> int:
 def _outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
     r"""The PNG and tensor files, checked before any sampling: never the run's checkpoint, a
     folder gets ``synthesized.png`` inside it, a name without suffix gets ``.png``."""
-    from flowkit.commands.caption import run_dir
-    from flowkit.evaluation import checkpoint_file
-    from flowkit.training.safety import check_output
+    from flowkit.io import check_output, checkpoint_path, run_folder
 
-    ckpt = checkpoint_file(args.checkpoint)
-    out = Path(args.out) if args.out else run_dir(args.checkpoint) / "synthesized.png"
+    ckpt = checkpoint_path(args.checkpoint)
+    out = Path(args.out) if args.out else run_folder(args.checkpoint) / "synthesized.png"
     if out.is_dir() or (args.out and args.out.endswith(("/", os.sep))):
         out = out / "synthesized.png"
     elif not out.suffix:

@@ -4,8 +4,12 @@ Writes ``OUT/checkpoint.pt`` (``torch.load(..., weights_only=True)``), ``OUT/con
 ``OUT/vocab.json``, ``OUT/training.json`` and ``OUT/log.csv`` (plus ``OUT/tensorboard/``).
 
 Example:
+    >>> import tempfile
     >>> from flowkit.cli import main
-    >>> main(["train", "--data", "shapes", "--preset", "small", "--steps", "200", "--out", "runs/a"])
+    >>> tiny = ["image_encoder_init=random", "freeze_image_trunk=false", "shared_dim=8", "fs_layers=1", "fv_layers=1", "ft_layers=1"]
+    >>> out = tempfile.mkdtemp()
+    >>> main(["train", "--sizes", "train=2,val=1,test=1", "--steps", "1", "--batch-size", "4", "--no-progress", "--out", out, "--set", *tiny])  # doctest: +ELLIPSIS
+    saved .../checkpoint.pt at step 1 (...)
     0
 """
 
@@ -14,13 +18,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
-from pathlib import Path
 from typing import Any
 
 from flowkit.commands import fraction, non_negative_int, positive_int
 from flowkit.data.loading import DATA_DEFAULTS
-from flowkit.training.checkpoint import CHECKPOINT_NAME
+from flowkit.io import CHECKPOINT_NAME
+from flowkit.recipes import PRESET_BATCH_SIZES
+from flowkit.training.trainer import TrainSettings
+
+_DEFAULT = TrainSettings()  # the defaults the help names (the library applies them)
 
 __all__ = ["add_parser", "parse_overrides", "run"]
 
@@ -47,21 +53,6 @@ examples:
       --steps 300000 --batch-size 128 --device cuda --out runs/coco
   flowkit train --data shapes --labeled-fraction 0.3 --set lambda_align=5 gan=true --out runs/semi
 """
-
-# Data options: kept in the checkpoint (as "meta") so that --resume reloads the same data.
-_BATCH_DEFAULTS = {"small": 32, "paper": 128}
-
-#: Defaults of the run options a resume takes from the checkpoint when they are not given.
-RUN_DEFAULTS: dict[str, Any] = {
-    "checkpoint_every": 500,
-    "log": "both",
-    "log_every": 1,
-    "device": "auto",
-    "amp": "auto",
-    "num_workers": 0,
-    "find_unused_parameters": False,
-}
-
 
 def _sizes(text: str) -> dict[str, int]:
     out: dict[str, int] = {}
@@ -97,11 +88,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--data", choices=["shapes", "coco"], default=None, help="the embedded shapes data (default) or COCO-format files under --coco-root")
     g.add_argument("--coco-root", metavar="PATH", default=None, help="COCO-format folder (annotations and images), for --data coco")
     g.add_argument("--features", metavar="PATH", default=None, help="pre-extracted image features keyed by image id (.npy/.npz/.h5); the model then uses the 'features' encoder")
-    g.add_argument("--split-scheme", choices=["karpathy", "coco", "ids", "mrnn"], default=None, help="how COCO images are split (default karpathy)")
+    g.add_argument("--split-scheme", choices=["karpathy", "coco", "ids", "mrnn"], default=None, help=f"how COCO images are split (default {DATA_DEFAULTS['split_scheme']})")
     g.add_argument("--sizes", metavar="train=N,val=N,test=N", type=_sizes, default=None, help="images per split of the shapes data (default train=2000,val=200,test=200)")
-    g.add_argument("--data-seed", metavar="S", type=int, default=None, help="seed of the generated shapes data (default 0)")
+    g.add_argument("--data-seed", metavar="S", type=int, default=None, help=f"seed of the generated shapes data (default {DATA_DEFAULTS['data_seed']})")
     g.add_argument("--max-len", metavar="L", type=positive_int, default=None, help="caption length in tokens with <start>/<end> (default 20 shapes, 40 COCO)")
-    g.add_argument("--vocab-threshold", metavar="K", type=positive_int, default=None, help="keep words seen at least K times in training captions (default 4)")
+    g.add_argument("--vocab-threshold", metavar="K", type=positive_int, default=None, help=f"keep words seen at least K times in training captions (default {DATA_DEFAULTS['vocab_threshold']})")
 
     g = p.add_argument_group("model")
     g.add_argument("--preset", choices=["small", "paper"], default=None, help="LNFMMConfig preset: 'small' (CPU minutes, default) or 'paper' (appendix A.1 sizes)")
@@ -117,30 +108,30 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=non_negative_int, metavar="N", default=None, help="total optimizer steps (a resumed run continues up to N; default 1000)")
-    g.add_argument("--batch-size", type=positive_int, metavar="B", default=None, help="pairs per step and process (default 32 small, 128 paper)")
-    g.add_argument("--seed", type=int, metavar="S", default=None, help="seed of the initialization, training noise and data order (default 0)")
-    g.add_argument("--labeled-fraction", type=fraction, metavar="F", default=None, help="semi-supervised: only this fixed, seeded fraction of training pairs is labeled (default 1.0)")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="where to train (default auto: CUDA when available; under torchrun cuda:LOCAL_RANK)")
-    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default=None, help="mixed precision on CUDA (auto: bf16 where supported, else fp16 + GradScaler); ignored on CPU")
-    g.add_argument("--num-workers", type=non_negative_int, metavar="W", default=None, help="DataLoader worker processes (default 0)")
+    g.add_argument("--steps", type=non_negative_int, metavar="N", default=None, help=f"total optimizer steps (a resumed run continues up to N; default {_DEFAULT.steps})")
+    g.add_argument("--batch-size", type=positive_int, metavar="B", default=None, help="pairs per step and process (default " + ", ".join(f"{v} {k}" for k, v in PRESET_BATCH_SIZES.items()) + ")")
+    g.add_argument("--seed", type=int, metavar="S", default=None, help=f"seed of the initialization, training noise and data order (default {_DEFAULT.seed})")
+    g.add_argument("--labeled-fraction", type=fraction, metavar="F", default=None, help=f"semi-supervised: only this fixed, seeded fraction of training pairs is labeled (default {_DEFAULT.labeled_fraction})")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help=f"where to train (default {_DEFAULT.device}; auto: CUDA when available, under torchrun cuda:LOCAL_RANK)")
+    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default=None, help=f"mixed precision on CUDA (default {_DEFAULT.amp}; auto: bf16 where supported, else fp16 + GradScaler); ignored on CPU")
+    g.add_argument("--num-workers", type=non_negative_int, metavar="W", default=None, help=f"DataLoader worker processes (default {_DEFAULT.num_workers})")
     g.add_argument("--find-unused-parameters", action="store_true", default=None, help="under torchrun: let DDP handle parameters without a gradient in a step (slower; LNFMM does not need it)")
 
     g = p.add_argument_group("output")
     g.add_argument("--out", metavar="DIR", default=None, help="run folder for checkpoint.pt, config.json, vocab.json, log.csv (default: the --resume folder)")
     g.add_argument("--resume", metavar="DIR", default=None, help="continue exactly from DIR/checkpoint.pt (errors if there is none or the run differs)")
     g.add_argument("--overwrite", action="store_true", help="start a new run in an --out folder that already holds a checkpoint (replacing it)")
-    g.add_argument("--checkpoint-every", type=non_negative_int, metavar="K", default=None, help="save a checkpoint every K steps, 0 for the end only (default 500, on --resume the checkpoint's); saves are atomic")
+    g.add_argument("--checkpoint-every", type=non_negative_int, metavar="K", default=None, help=f"save a checkpoint every K steps, 0 for the end only (default {_DEFAULT.checkpoint_every}, on --resume the checkpoint's); saves are atomic")
     g.add_argument(
         "--log",
         "--log-backend",
         dest="log",
         choices=["csv", "tensorboard", "both"],
         default=None,
-        help="log.csv is always written; 'tensorboard'/'both' add TensorBoard events when installed (default both, on --resume the checkpoint's). "
+        help=f"log.csv is always written; 'tensorboard'/'both' add TensorBoard events when installed (default {_DEFAULT.log}, on --resume the checkpoint's). "
         "Under torchrun spell it --log-backend: torchrun's own parser takes --log for an abbreviation of its --log-dir",
     )
-    g.add_argument("--log-every", type=positive_int, metavar="K", default=None, help="write a log row every K steps (default 1)")
+    g.add_argument("--log-every", type=positive_int, metavar="K", default=None, help=f"write a log row every K steps (default {_DEFAULT.log_every})")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -156,6 +147,7 @@ def parse_overrides(items: list[str], config_class: Any) -> dict[str, Any]:
         config_class: The config dataclass (e.g. ``LNFMMConfig``).
 
     Example:
+        >>> from flowkit.models import LNFMMConfig
         >>> parse_overrides(["fs_layers=6", "gan=true", "lr=1e-3"], LNFMMConfig)
         {'fs_layers': 6, 'gan': True, 'lr': 0.001}
     """
@@ -196,131 +188,34 @@ def _flatten(groups: list[list[str]] | None) -> list[str]:
     return [x for g in (groups or []) for x in g]
 
 
-def _resume_target(resume: str) -> Path:
-    path = Path(resume)
-    target = path / CHECKPOINT_NAME if path.is_dir() or not path.suffix else path
-    if not target.is_file():
-        raise FileNotFoundError(f"--resume {resume}: no checkpoint at '{target}' (train with --out {resume} first)")
-    return target
-
-
-def _check_out(args: argparse.Namespace, out: Path, resume_path: Path | None) -> None:
-    # Runs under the run-folder lock, so no other process can write a checkpoint meanwhile.
-    existing = out / CHECKPOINT_NAME
-    if not existing.exists() or args.overwrite:
-        return
-    if resume_path is None:
-        raise ValueError(f"'{out}' already holds a checkpoint: pass --resume {out} to continue it, or --overwrite to start over")
-    if existing.resolve() != resume_path.resolve():
-        raise ValueError(
-            f"--out '{out}' already holds another run's checkpoint, which continuing --resume {args.resume} there "
-            f"would replace: pass another --out, or --overwrite to replace it"
-        )
-
-
-def _run_options(args: argparse.Namespace, saved: dict[str, Any]) -> dict[str, Any]:
-    r"""Each run option: as given, else the checkpoint's (on resume), else the default."""
-    return {k: getattr(args, k) if getattr(args, k) is not None else saved.get(k, default) for k, default in RUN_DEFAULTS.items()}
-
-
-def _is_main_rank() -> bool:
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def run(args: argparse.Namespace) -> int:
-    r"""Runs ``flowkit train`` with parsed arguments; returns the exit status.
+    r"""Runs ``flowkit train`` with parsed arguments (:func:`flowkit.recipes.train_run`); returns
+    the exit status.
 
-    The run folder is locked (:class:`flowkit.training.safety.RunLock`) from the first check
-    of its content to the end of training.
+    Arguments:
+        args: The parsed arguments.
     """
-    from contextlib import nullcontext
-
-    from flowkit.training.safety import RunLock
-
-    if args.out is None and args.resume is None:
-        raise ValueError("--out DIR is required (or --resume DIR to continue a run)")
-    resume_path = _resume_target(args.resume) if args.resume is not None else None
-    out = Path(args.out) if args.out is not None else resume_path.parent  # type: ignore[union-attr]
-    with RunLock(out) if _is_main_rank() else nullcontext():
-        _check_out(args, out, resume_path)
-        return _train(args, out, resume_path)
-
-
-def _train(args: argparse.Namespace, out: Path, resume_path: Path | None) -> int:
-    from flowkit.data import load_caption_data
     from flowkit.models import LNFMMConfig
-    from flowkit.training import TrainSettings, load_checkpoint, train
+    from flowkit.recipes import train_run
 
-    given_data = {k: getattr(args, k) for k in DATA_DEFAULTS}
     overrides = parse_overrides(_flatten(args.overrides), LNFMMConfig)
     if args.lr is not None:
         overrides["lr"] = float(args.lr)
-    stored: dict[str, Any] = load_checkpoint(resume_path) if resume_path is not None else {}
-
-    if stored:
-        meta = dict(stored.get("meta", {}).get("data", {}))
-        saved_training = stored.get("training", {})
-        mismatches = []
-        data_opts = {}
-        for key, default in DATA_DEFAULTS.items():
-            saved = meta.get(key, default)
-            if given_data[key] is not None and given_data[key] != saved:
-                mismatches.append(f"--{key.replace('_', '-')}: checkpoint {saved!r}, now {given_data[key]!r}")
-            data_opts[key] = saved
-        if mismatches:
-            raise ValueError("--resume: the data differs from the checkpoint's:\n  - " + "\n  - ".join(mismatches))
-        preset = args.preset or stored.get("meta", {}).get("preset", "small")
-        if args.preset is None and not overrides:
-            config = LNFMMConfig.from_dict(stored["config"])
-        else:
-            # Rebuilt from the options given; the trainer names every field that differs.
-            config = getattr(LNFMMConfig, preset)(**overrides)
-        batch_size = args.batch_size if args.batch_size is not None else saved_training.get("batch_size", _BATCH_DEFAULTS[preset])
-        seed = args.seed if args.seed is not None else saved_training.get("seed", 0)
-        fraction = args.labeled_fraction if args.labeled_fraction is not None else saved_training.get("labeled_fraction", 1.0)
-        steps = args.steps if args.steps is not None else saved_training.get("steps", 1000)
-    else:
-        saved_training = {}
-        data_opts = {k: (v if v is not None else DATA_DEFAULTS[k]) for k, v in given_data.items()}
-        preset = args.preset or "small"
-        config = getattr(LNFMMConfig, preset)(**overrides)
-        batch_size = args.batch_size if args.batch_size is not None else _BATCH_DEFAULTS[preset]
-        seed = args.seed if args.seed is not None else 0
-        fraction = args.labeled_fraction if args.labeled_fraction is not None else 1.0
-        steps = args.steps if args.steps is not None else 1000
-
-    if data_opts["data"] == "coco" and data_opts["coco_root"] is None:
-        raise ValueError("--data coco needs --coco-root PATH (a COCO-format folder)")
-    if data_opts["data"] == "shapes" and data_opts["coco_root"] is not None:
-        raise ValueError("--coco-root is for --data coco")
-    data = load_caption_data(
-        data_opts["data"],
-        root=data_opts["coco_root"],
-        features=data_opts["features"],
-        max_len=data_opts["max_len"],
-        vocab_threshold=data_opts["vocab_threshold"],
-        sizes=data_opts["sizes"],
-        seed=data_opts["data_seed"],
-        split_scheme=data_opts["split_scheme"],
+    settings = {
+        name: getattr(args, name)
+        for name in ("steps", "batch_size", "seed", "labeled_fraction", "device", "amp", "num_workers", "find_unused_parameters",
+                     "checkpoint_every", "log", "log_every")
+    }
+    trainer = train_run(
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        preset=args.preset,
+        overrides=overrides,
+        data={k: getattr(args, k) for k in DATA_DEFAULTS},
+        settings={**settings, "progress": not args.no_progress},
     )
-    settings = TrainSettings(
-        steps=steps,
-        batch_size=batch_size,
-        seed=seed,
-        labeled_fraction=fraction,
-        progress=not args.no_progress,
-        **_run_options(args, saved_training),
-    )
-    if resume_path is not None and out.resolve() != resume_path.parent.resolve():
-        # Continuing into another folder: carry the log over so it stays one history.
-        out.mkdir(parents=True, exist_ok=True)
-        old_log = resume_path.parent / "log.csv"
-        if old_log.is_file() and not (out / "log.csv").exists():
-            shutil.copyfile(old_log, out / "log.csv")
-    trainer = train(config, data, settings, out=out, resume=resume_path, meta={"data": data_opts, "preset": preset})
     if trainer.ctx.is_main:
         terms = ", ".join(f"{k}={v:.4g}" for k, v in trainer.last_terms.items())
-        print(f"saved {out / CHECKPOINT_NAME} at step {trainer.step}" + (f" ({terms})" if terms else ""))
+        print(f"saved {trainer.out / CHECKPOINT_NAME} at step {trainer.step}" + (f" ({terms})" if terms else ""))
     return 0

@@ -11,15 +11,11 @@ the shapes data. The judges that use it live in :mod:`flowkit.data.judges`.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
-import os
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from flowkit.data.grammar import COLORS, SHAPES, SIZES, Scene, SceneObject
-from flowkit.data.shapes import _atomic_write_bytes
+from flowkit.io import atomic_write, cache_dir, read_cache
 
 __all__ = [
     "AttributeClassifier",
@@ -297,28 +293,6 @@ def train_attribute_classifier(config: ClassifierConfig | None = None, progress:
     return model
 
 
-def cache_dir() -> Path:
-    r"""The flowkit cache folder: ``$FLOWKIT_CACHE`` or ``~/.cache/flowkit``."""
-    env = os.environ.get("FLOWKIT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "flowkit"
-
-
-# The cache is read and written with data-level helpers: flowkit.data never imports
-# flowkit.training (tests/test_architecture.py). Once a bottom-layer flowkit.io holds the
-# atomic writes and read_cache for every layer, these go there.
-def _read_cache(path: Path) -> dict[str, Any] | None:
-    # The cached classifier, or None; an unreadable file is named in a warning, removed, rebuilt.
-    if not path.is_file():
-        return None
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        return {k: blob[k] for k in ("state_dict", "config", "metrics")}
-    except Exception as e:  # noqa: BLE001 - truncated, garbage, refused by weights_only, wrong keys
-        warnings.warn(f"cache file '{path}' is corrupt ({type(e).__name__}); removing it and rebuilding", stacklevel=3)
-        path.unlink(missing_ok=True)
-        return None
-
-
 def get_attribute_classifier(
     config: ClassifierConfig | None = None,
     cache: bool = True,
@@ -344,8 +318,8 @@ def get_attribute_classifier(
     """
     cfg = config or ClassifierConfig()
     path = cache_dir() / f"attribute_classifier-{cfg.key()}.pt"
-    blob = _read_cache(path) if cache else None
-    if blob is not None:
+    blob = read_cache(path) if cache else None
+    if blob is not None and {"state_dict", "config", "metrics"} <= set(blob):
         model = AttributeClassifier(int(blob["config"]["width"]))
         model.load_state_dict(blob["state_dict"])
         model.metrics = dict(blob["metrics"])
@@ -353,9 +327,7 @@ def get_attribute_classifier(
     model = train_attribute_classifier(cfg, progress=progress)
     if cache:
         state = {"state_dict": model.state_dict(), "config": asdict(cfg), "metrics": dict(model.metrics)}
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        _atomic_write_bytes(path, buf.getvalue())
+        atomic_write(path, lambda f: torch.save(state, f))
     return model
 
 

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from flowkit.data.classifier import AttributeClassifier, ClassifierConfig, cell_crops, get_attribute_classifier
 from flowkit.data.coco import load_image, pil_to_tensor, read_splits
 from flowkit.data.errors import DataError
-from flowkit.data.shapes import _atomic_write_bytes
+from flowkit.io import atomic_write_bytes
 
 __all__ = ["SHAPES_TRUNK_SEED", "shapes_trunk", "shapes_trunk_features", "extract_features"]
 
@@ -162,5 +162,5 @@ def extract_features(
         raise DataError(f"the extractor returned features of shape {feats.shape} for {len(ids)} images (or NaN/inf)")
     buf = io.BytesIO()
     np.savez(buf, ids=np.asarray(ids, np.int64), features=feats)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path

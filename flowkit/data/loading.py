@@ -20,7 +20,7 @@ from flowkit.data.errors import DataError
 from flowkit.data.grammar import Scene
 from flowkit.data.vocab import Vocabulary
 
-__all__ = ["DATA_DEFAULTS", "CaptionData", "PairDataset", "ImageDataset", "load_caption_data", "DEFAULT_MAX_LEN"]
+__all__ = ["DATA_DEFAULTS", "CaptionData", "PairDataset", "ImageDataset", "load_caption_data", "load_data_from_options", "DEFAULT_MAX_LEN"]
 
 DEFAULT_MAX_LEN: dict[str, int] = {"shapes": 20, "coco": 40}
 
@@ -254,6 +254,32 @@ def load_caption_data(
         max_len=max_len,
     )
 
+
+def load_data_from_options(opts: Mapping[str, Any], progress: bool = False) -> CaptionData:
+    r"""The :class:`CaptionData` of a run's data options (the keys of :data:`DATA_DEFAULTS`, as a
+    checkpoint's ``meta["data"]`` records them).
+
+    Arguments:
+        opts: The data options; ``coco_root`` is read for ``data="coco"`` only.
+        progress: Show progress bars while loading.
+
+    Example:
+        >>> data = load_data_from_options({**DATA_DEFAULTS, "sizes": {"train": 2, "val": 1, "test": 1}})
+        >>> len(data.val), data.image_kind
+        (1, 'pixels')
+    """
+    src = opts["data"]
+    return load_caption_data(
+        src,
+        root=opts["coco_root"] if src == "coco" else None,
+        features=opts["features"],
+        max_len=opts["max_len"],
+        vocab_threshold=opts["vocab_threshold"],
+        sizes=opts["sizes"],
+        seed=opts["data_seed"],
+        split_scheme=opts["split_scheme"],
+        progress=progress,
+    )
 
 def _pairs_with_words(records: Sequence[ImageRecord], source: str, root: Any) -> list[tuple[int, str]]:
     r"""The training pairs whose caption has a word; empty or punctuation-only captions would

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 
 from flowkit.data.grammar import COLORS, SHAPES, SIZES, sample_captions
 from flowkit.data.vocab import tokenize
+from flowkit.io import atomic_write_bytes, atomic_write_json
 
 # Re-exported from flowkit.data.grammar, where they are defined: ``is_true`` is part of the
 # public API of this module (``flowkit.data.shapes.is_true``), and ``Scene`` / ``SceneObject``
@@ -285,23 +285,6 @@ class ShapesCaptions(Dataset):
 
 # ---------------------------------------------------------------------------------------------
 # COCO export.
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, json.dumps(obj).encode())
-
-
 def _png_bytes(pixels: np.ndarray) -> bytes:
     import io
 
@@ -325,7 +308,7 @@ def shapes_export_root(sizes: Mapping[str, int] | None = None, seed: int = 0) ->
         >>> shapes_export_root({"train": 120, "val": 8, "test": 8}, seed=3).name
         'shapes_coco_120_8_8_seed3'
     """
-    from flowkit.data.judges import cache_dir  # noqa: PLC0415 (judges imports this module)
+    from flowkit.io import cache_dir  # noqa: PLC0415
 
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
     if sizes == DEFAULT_SIZES and seed == 0:
@@ -408,7 +391,7 @@ def export_coco(
         images, annotations = [], []
         for i in tqdm(range(len(ds)), desc=f"export {split}", disable=not progress):
             iid, fname = ds.image_ids[i], f"{ds.image_ids[i]:012d}.png"
-            _atomic_write_bytes(root / "images" / split / fname, _png_bytes(ds.pixels[i]))
+            atomic_write_bytes(root / "images" / split / fname, _png_bytes(ds.pixels[i]), durable=False)
             images.append({"id": iid, "file_name": fname, "width": IMAGE_SIZE, "height": IMAGE_SIZE, "license": 1})
             sentences = []
             for cap in ds.captions[i]:
@@ -432,22 +415,22 @@ def export_coco(
             "images": images,
             "annotations": annotations,
         }
-        _atomic_write_json(root / "annotations" / f"captions_{split}.json", coco)
-        _atomic_write_bytes(root / f"{split}_ids.txt", "".join(f"{i}\n" for i in ds.image_ids).encode())
+        atomic_write_json(root / "annotations" / f"captions_{split}.json", coco, durable=False)
+        atomic_write_bytes(root / f"{split}_ids.txt", "".join(f"{i}\n" for i in ds.image_ids).encode(), durable=False)
         if features is not None and len(ds):
             with torch.no_grad():
                 for b0 in range(0, len(ds), 256):
                     x = torch.from_numpy(ds.pixels[b0 : b0 + 256]).permute(0, 3, 1, 2).float().div(255)
                     all_feats.append(np.asarray(features(x).detach().cpu().numpy(), np.float32))
             all_ids.extend(ds.image_ids)
-    _atomic_write_json(root / "dataset_coco.json", {"dataset": "coco", "images": karpathy})
+    atomic_write_json(root / "dataset_coco.json", {"dataset": "coco", "images": karpathy}, durable=False)
     if features is not None:
         import io
 
         buf = io.BytesIO()
         np.savez(buf, ids=np.asarray(all_ids, np.int64), features=np.concatenate(all_feats) if all_feats else np.zeros((0, 0), np.float32))
-        _atomic_write_bytes(root / "features.npz", buf.getvalue())
-    _atomic_write_json(marker, settings)
+        atomic_write_bytes(root / "features.npz", buf.getvalue(), durable=False)
+    atomic_write_json(marker, settings, durable=False)
     return root
 
 

@@ -26,17 +26,22 @@ from typing import Any
 import torch
 
 from flowkit.data.loading import DATA_DEFAULTS
+from flowkit.data.loading import load_data_from_options as load_data
 from flowkit.evaluation.captioning import (
     CAPTION_METRICS,
     encode_dataset_images,
     evaluate_captioning,
+    find_split,
     generate_captions,
+    split_images,
     train_image_ids,
 )
 from flowkit.evaluation.plots import plot_captions, plot_image_grid
 from flowkit.evaluation.probes import probe_image_codes
-from flowkit.evaluation.report import format_captioning_table, format_text_to_image_table, to_jsonable, write_report
+from flowkit.evaluation.report import format_captioning_table, format_text_to_image_table, run_facts, to_jsonable, write_report
 from flowkit.evaluation.text_to_image import encode_captions_text, evaluate_text_to_image, sample_images_for_captions
+from flowkit.io import CheckpointError, load_checkpoint
+from flowkit.io import checkpoint_path as checkpoint_file
 
 __all__ = [
     "CAPTION_METRICS",
@@ -47,6 +52,7 @@ __all__ = [
     "encode_dataset_images",
     "evaluate_captioning",
     "evaluate_text_to_image",
+    "find_split",
     "format_captioning_table",
     "format_text_to_image_table",
     "generate_captions",
@@ -56,25 +62,14 @@ __all__ = [
     "plot_captions",
     "plot_image_grid",
     "probe_image_codes",
+    "run_facts",
     "sample_images_for_captions",
     "scenes_from_export",
+    "split_images",
     "to_jsonable",
     "train_image_ids",
     "write_report",
 ]
-
-
-def checkpoint_file(checkpoint: str | os.PathLike[str]) -> Path:
-    r"""The checkpoint file of a run folder or checkpoint path (FileNotFoundError when absent)."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        target = path / "checkpoint.pt"
-        if not target.is_file():
-            raise FileNotFoundError(f"'{path}' holds no checkpoint.pt: pass the folder of a training run (flowkit train --out DIR)")
-        return target
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at '{path}': pass the folder of a training run (flowkit train --out DIR)")
-    return path
 
 
 def load_model(checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
@@ -89,15 +84,14 @@ def load_model(checkpoint: str | os.PathLike[str], device: str | torch.device = 
 
     Raises:
         FileNotFoundError: No checkpoint there.
-        flowkit.training.CheckpointError: The file is not a valid flowkit checkpoint.
+        flowkit.io.CheckpointError: The file is not a valid flowkit checkpoint.
 
     Example:
         >>> model, ckpt = load_model("runs/small")
     """
     from flowkit.models import LNFMM, LNFMMConfig
-    from flowkit.training import CheckpointError, load_checkpoint
 
-    ckpt = load_checkpoint(checkpoint_file(checkpoint), map_location="cpu")
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
     try:
         config = LNFMMConfig.from_dict(dict(ckpt["config"]))
     except (TypeError, ValueError) as e:
@@ -130,24 +124,6 @@ def data_options(ckpt: Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
     if opts["data"] == "coco" and opts["coco_root"] is None:
         raise ValueError("the run's data is COCO but no COCO root is known: pass --coco-root PATH")
     return opts
-
-
-def load_data(opts: Mapping[str, Any], progress: bool = False) -> Any:
-    r"""The :class:`~flowkit.data.CaptionData` of some data options (see :func:`data_options`)."""
-    from flowkit.data import load_caption_data
-
-    src = opts["data"]
-    return load_caption_data(
-        src,
-        root=opts["coco_root"] if src == "coco" else None,
-        features=opts["features"],
-        max_len=opts["max_len"],
-        vocab_threshold=opts["vocab_threshold"],
-        sizes=opts["sizes"],
-        seed=opts["data_seed"],
-        split_scheme=opts["split_scheme"],
-        progress=progress,
-    )
 
 
 def load_run(

@@ -26,6 +26,8 @@ __all__ = [
     "generate_captions",
     "encode_dataset_images",
     "evaluate_captioning",
+    "find_split",
+    "split_images",
     "train_image_ids",
     "CAPTION_METRICS",
 ]
@@ -165,6 +167,52 @@ def encode_dataset_images(
 def train_image_ids(data: Any) -> list[int]:
     r"""The distinct training image ids of a :class:`~flowkit.data.CaptionData`, in order."""
     return list(dict.fromkeys(int(i) for i in data.train.image_ids))
+
+
+def split_images(data: Any, split: str) -> Dataset:
+    r"""One item per image of a split of a :class:`~flowkit.data.CaptionData` (the training
+    split holds one item per pair: its distinct images are taken).
+
+    Arguments:
+        data: The data.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+
+    Example:
+        >>> from flowkit.data import load_caption_data
+        >>> data = load_caption_data("shapes", sizes={"train": 2, "val": 1, "test": 1})
+        >>> len(split_images(data, "train")), len(data.train) > 2
+        (2, True)
+    """
+    from flowkit.data import ImageDataset
+
+    if split == "train":
+        return ImageDataset(data.train.images, train_image_ids(data))
+    if split not in ("val", "test"):
+        raise ValueError(f"unknown split {split!r}: pass 'train', 'val' or 'test'")
+    return getattr(data, split)
+
+
+def find_split(data: Any, image_ids: Sequence[int]) -> str:
+    r"""The first split (of test, val, train) holding every one of these image ids.
+
+    Arguments:
+        data: A :class:`~flowkit.data.CaptionData`.
+        image_ids: The image ids.
+
+    Raises:
+        ValueError: No split holds them all (the message shows a few).
+
+    Example:
+        >>> from flowkit.data import load_caption_data
+        >>> data = load_caption_data("shapes", sizes={"train": 2, "val": 1, "test": 1})
+        >>> find_split(data, data.val.image_ids)
+        'val'
+    """
+    wanted = {int(i) for i in image_ids}
+    for split in ("test", "val", "train"):
+        if wanted <= set(split_images(data, split).image_ids):
+            return split
+    raise ValueError(f"image ids {sorted(wanted)[:5]} are not all in one split of the data (test, val or train)")
 
 
 def _raw_rows(data: Any, ids: Sequence[int]) -> Tensor:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_report", "format_captioning_table", "format_text_to_image_table", "to_jsonable"]
+__all__ = ["write_report", "format_captioning_table", "format_text_to_image_table", "run_facts", "to_jsonable"]
 
 _LABELS = {
     "Bleu_1": "B-1",
@@ -140,6 +140,35 @@ def format_text_to_image_table(t2i: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_facts(checkpoint: str | os.PathLike[str], ckpt: Mapping[str, Any], device: str, seconds: float) -> dict[str, Any]:
+    r"""The ``meta`` section of a report: which run, its training steps, preset and data, the
+    machine and the evaluation time.
+
+    Arguments:
+        checkpoint: The run folder or checkpoint evaluated, as given.
+        ckpt: Its checkpoint dict (with ``_data_options`` when loaded by :func:`flowkit.evaluation.load_run`).
+        device: The device the evaluation ran on.
+        seconds: The evaluation time.
+
+    Example:
+        >>> run_facts("runs/a", {"step": 10, "config": {"notes": {"preset": "small"}}}, "cpu", 1.23)["preset"]
+        'small'
+    """
+    import torch
+
+    opts = ckpt.get("_data_options", {})
+    src = opts.get("data", "?")
+    where = opts.get("coco_root") if src == "coco" else f"sizes {opts.get('sizes') or 'default'}, seed {opts.get('data_seed', 0)}"
+    return {
+        "checkpoint": str(checkpoint),
+        "training steps": ckpt.get("step"),
+        "preset": (ckpt.get("config", {}).get("notes") or {}).get("preset", "custom"),
+        "data": f"{src} ({where})",
+        "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, device {device}",
+        "evaluation seconds": round(seconds, 1),
+    }
+
+
 def _extra_sections(results: Mapping[str, Any], out: Path) -> list[str]:
     r"""Markdown of the optional ``probes`` ({code: {attribute: {accuracy, chance}}}) and
     ``frontier`` ([{label, accuracy, coverage, distinct}]) parts, with ``frontier.png`` if present."""
@@ -188,7 +217,7 @@ def write_report(
         >>> json.loads(paths["json"].read_text())["captioning"]["oracle"]["CIDEr"]  # doctest: +SKIP
     """
     from flowkit.evaluation.plots import plot_captions, plot_image_grid
-    from flowkit.training.checkpoint import atomic_write_text
+    from flowkit.io import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

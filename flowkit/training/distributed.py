@@ -27,6 +27,7 @@ __all__ = [
     "broadcast_module",
     "gather_objects",
     "init_distributed",
+    "is_main_process",
     "resolve_device",
     "shard",
     "shutdown_distributed",
@@ -82,6 +83,16 @@ class DistributedContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def is_main_process() -> bool:
+    r"""Whether this process is rank 0 (``RANK`` unset or 0), known before any process group is joined.
+
+    Example:
+        >>> is_main_process() == (os.environ.get("RANK", "0") == "0")
+        True
+    """
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def init_distributed(device: str | torch.device = "auto", timeout_s: float = 600.0) -> DistributedContext:

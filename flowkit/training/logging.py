@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flowkit.training.checkpoint import atomic_write_text
+from flowkit.io import atomic_write_text
 
 __all__ = ["CSVLogger", "RunLogger", "TensorBoardLogger", "read_csv_log"]
 
@@ -35,7 +35,11 @@ def read_csv_log(path: str | os.PathLike) -> list[dict[str, float]]:
         path: The CSV file, or the run folder holding ``log.csv``.
 
     Example:
-        >>> rows = read_csv_log("runs/a"); rows[-1]["loss"]
+        >>> import tempfile
+        >>> run = Path(tempfile.mkdtemp())
+        >>> log = CSVLogger(run / "log.csv"); log.log(1, {"loss": 0.5}, lr=1e-4, time=0.1); log.close()
+        >>> read_csv_log(run)[-1]["loss"]
+        0.5
     """
 
     path = Path(path)
@@ -57,7 +61,11 @@ class CSVLogger:
             file; when None, an existing file is replaced.
 
     Example:
-        >>> log = CSVLogger(tmp / "log.csv"); log.log(1, {"loss": 0.5}, lr=1e-4, time=0.1); log.close()
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "log.csv"
+        >>> log = CSVLogger(path); log.log(1, {"loss": 0.5}, lr=1e-4, time=0.1); log.close()
+        >>> path.read_text().splitlines()[0]
+        'step,loss,lr,time'
     """
 
     def __init__(self, path: str | os.PathLike, resume_step: int | None = None) -> None:
@@ -138,7 +146,11 @@ class RunLogger:
         resume_step: The checkpoint step when resuming (later rows are dropped), else None.
 
     Example:
-        >>> log = RunLogger(tmp, "both"); log.log(1, {"loss": 0.5}, lr=1e-4, time=0.1); log.close()
+        >>> import tempfile
+        >>> run = Path(tempfile.mkdtemp())
+        >>> log = RunLogger(run, "csv"); log.log(1, {"loss": 0.5}, lr=1e-4, time=0.1); log.close()
+        >>> [row["step"] for row in read_csv_log(run)]
+        [1]
     """
 
     def __init__(self, out: str | os.PathLike, mode: str = "csv", resume_step: int | None = None) -> None:

@@ -9,7 +9,7 @@ r"""Nothing overwritten by accident: the run-folder lock and checks of output pa
   machine) leaves the file behind: the next process finds it *stale* when it was written on
   the same host by a pid that no longer runs, says so in a warning, and takes the lock over.
   A lock from another host cannot be checked: the error names the file to remove by hand.
-* :func:`check_output`: refuses to write onto a training checkpoint (``checkpoint.pt``, the
+* :func:`check_output` (from :mod:`flowkit.io`, re-exported): refuses to write onto a training checkpoint (``checkpoint.pt``, the
   run's own checkpoint, or any file holding a flowkit checkpoint) and checks that the folder
   is writable before any work is done.
 """
@@ -23,11 +23,10 @@ import sys
 import tempfile
 import time
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
-from flowkit.training.checkpoint import CHECKPOINT_NAME, pid_alive
+from flowkit.io import check_output, is_checkpoint_file, pid_alive
 
 __all__ = ["LOCK_NAME", "RunLock", "RunLockedError", "check_output", "is_checkpoint_file"]
 
@@ -64,8 +63,13 @@ class RunLock:
         folder: The run folder (created if needed).
 
     Example:
-        >>> with RunLock("runs/a"):
-        ...     trainer.fit()
+        >>> import tempfile
+        >>> run = tempfile.mkdtemp()
+        >>> with RunLock(run):
+        ...     (Path(run) / LOCK_NAME).is_file()
+        True
+        >>> (Path(run) / LOCK_NAME).exists()
+        False
     """
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
@@ -154,52 +158,3 @@ class RunLock:
             f"(that process no longer runs)",
             stacklevel=3,
         )
-
-
-def is_checkpoint_file(path: str | os.PathLike[str]) -> bool:
-    r"""Whether ``path`` holds a flowkit training checkpoint (a torch zip whose pickle names
-    ``model`` and ``optimizer``; only the small pickle is read, no tensor)."""
-    path = Path(path)
-    if not path.is_file() or not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as z:
-            name = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
-            if name is None:
-                return False
-            text = z.read(name)
-    except (OSError, zipfile.BadZipFile):
-        return False
-    return b"optimizer" in text and b"model" in text and b"step" in text
-
-
-def check_output(path: str | os.PathLike[str], what: str, protected: tuple[str | os.PathLike[str], ...] = ()) -> Path:
-    r"""Checks an output file before any work: not a checkpoint, and its folder writable.
-
-    Arguments:
-        path: The file to be written.
-        what: The option that named it, for the message (e.g. ``"--out"``).
-        protected: Files that must never be overwritten (e.g. the run's checkpoint).
-
-    Raises:
-        FileExistsError: ``path`` is a training checkpoint.
-        IsADirectoryError: ``path`` is a folder.
-        PermissionError: The folder cannot be written.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{what} '{path}' is a folder; pass a file name inside it")
-    same = any(Path(p).exists() and path.exists() and os.path.samefile(path, p) for p in protected)
-    if path.name == CHECKPOINT_NAME or same or is_checkpoint_file(path):
-        raise FileExistsError(
-            f"{what} '{path}' is a training checkpoint; writing there would destroy it. Pass another file name"
-        )
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".flowkit-write-test.")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise PermissionError(f"{what} '{path}': cannot write to the folder '{folder}' ({e.strerror or e}); pass a writable path") from e
-    return path

@@ -12,5 +12,16 @@ r"""LNFMM: latent normalizing flows for many-to-many cross-domain mappings (ICLR
 from flowkit.models.lnfmm.config import LNFMMConfig
 from flowkit.models.lnfmm.model import LNFMM, LNFMMInputError
 from flowkit.models.lnfmm.sampling import beam_search, greedy_decode, ids_to_strings, sample_decode
+from flowkit.models.lnfmm.step import LNFMMStep, adapt_config
 
-__all__ = ["LNFMM", "LNFMMConfig", "LNFMMInputError", "beam_search", "greedy_decode", "ids_to_strings", "sample_decode"]
+__all__ = [
+    "LNFMM",
+    "LNFMMConfig",
+    "LNFMMInputError",
+    "LNFMMStep",
+    "adapt_config",
+    "beam_search",
+    "greedy_decode",
+    "ids_to_strings",
+    "sample_decode",
+]

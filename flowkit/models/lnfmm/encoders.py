@@ -11,6 +11,8 @@ from einops import rearrange, reduce
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from flowkit.data.classifier import AttributeClassifier, cell_crops
+
 __all__ = ["FeatureEncoder", "ConvEncoder", "CellEncoder", "VGG16Encoder", "TextEncoder", "load_torchvision"]
 
 
@@ -131,7 +133,7 @@ class CellEncoder(nn.Module):
     r"""A per-cell CNN for 64x64 shapes images -> MLP -> code.
 
     The image is cut into the 3x3 grid's 9 overlapping cell crops; one shared CNN (the
-    architecture of the shapes attribute classifier, :class:`flowkit.data.judges.AttributeClassifier`,
+    architecture of the shapes attribute classifier, :class:`flowkit.data.classifier.AttributeClassifier`,
     without its read-out) gives 64 features per cell, 576 in all, the input of the same MLP as
     :class:`FeatureEncoder`'s. Loaded with the pre-trained shapes trunk
     (``image_encoder_init="shapes-trunk"``) and frozen, it computes in the model exactly the
@@ -152,8 +154,6 @@ class CellEncoder(nn.Module):
 
     def __init__(self, hidden: int, code_dim: int, learned_variance: bool = False, width: int = 16) -> None:
         super().__init__()
-        from flowkit.data.judges import AttributeClassifier  # noqa: PLC0415 (the data layer's CNN)
-
         self.cells = AttributeClassifier(width).net[:-1]  # all but the read-out
         self.body = nn.Sequential(nn.Linear(9 * 64, hidden), nn.ReLU())
         self.head = _Head(hidden, code_dim, learned_variance)
@@ -173,9 +173,7 @@ class CellEncoder(nn.Module):
 
     def trunk(self, x: Tensor) -> Tensor:
         r"""The cell features ``(B, 576)`` of ``(B, 3, 64, 64)`` images in [0, 1]."""
-        from flowkit.data.judges import _crops  # noqa: PLC0415
-
-        return self.cells(_crops(x).flatten(0, 1)).reshape(len(x), -1)
+        return self.cells(cell_crops(x).flatten(0, 1)).reshape(len(x), -1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         return self.head(self.body(self.trunk(x)))

@@ -8,7 +8,7 @@ of another seed, its trunk carries that content from the first LNFMM step.
 
 .. code-block:: python
 
-    from flowkit.training import pretrain_shapes_encoder
+    from flowkit.models.lnfmm.pretraining import pretrain_shapes_encoder
 
     trunk = pretrain_shapes_encoder(channels=16, hidden=128)  # cached after the first call
     model.image_encoder.load_trunk_state_dict(trunk)
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from flowkit.training.checkpoint import _atomic_write, read_cache
+from flowkit.io import atomic_write, cache_dir, read_cache
 
 __all__ = ["pretrain_shapes_encoder", "initialize_image_encoder", "attribute_targets"]
 
@@ -64,7 +64,7 @@ def pretrain_shapes_encoder(
     ``images`` training images of the shapes data with seed ``seed`` (the LNFMM data uses
     seed 0; whatever its seed, these are training-split images, so never test images). The
     global RNG is left untouched. The result is cached atomically under
-    :func:`flowkit.data.judges.cache_dir` (``$FLOWKIT_CACHE``), keyed by every argument.
+    :func:`flowkit.io.cache_dir` (``$FLOWKIT_CACHE``), keyed by every argument.
 
     Arguments:
         channels: The conv encoder's ``conv_encoder_channels``.
@@ -80,7 +80,6 @@ def pretrain_shapes_encoder(
     Returns:
         The trunk's state dict (``ConvEncoder.load_trunk_state_dict`` loads it).
     """
-    from flowkit.data.judges import cache_dir
     from flowkit.data.grammar import COLORS, SHAPES
     from flowkit.data.shapes import ShapesCaptions
     from flowkit.models.lnfmm.encoders import ConvEncoder
@@ -114,7 +113,7 @@ def pretrain_shapes_encoder(
             opt.step()
     trunk = {k: v.detach().clone() for k, v in encoder.trunk_state_dict().items()}
     if cache:
-        _atomic_write(path, lambda f: torch.save({"trunk": trunk, "args": args, "loss": float(loss.detach())}, f))
+        atomic_write(path, lambda f: torch.save({"trunk": trunk, "args": args, "loss": float(loss.detach())}, f))
     return trunk
 
 
@@ -124,7 +123,7 @@ def initialize_image_encoder(model: nn.Module, progress: bool = False) -> bool:
     ``"shapes-attributes"`` loads :func:`pretrain_shapes_encoder` weights (for the model's
     ``conv_encoder_channels``, ``image_encoder_hidden`` and ``image_encoder_init_steps``) into
     the conv encoder's trunk; ``"shapes-trunk"`` loads the cells encoder's CNN from
-    :func:`flowkit.data.features.shapes_trunk`; ``"random"`` does nothing. :func:`flowkit.training.train` calls
+    :func:`flowkit.data.features.shapes_trunk`; ``"random"`` does nothing. :func:`flowkit.recipes.train` calls
     it for new runs (not when resuming: the checkpoint holds the weights).
     """
     cfg = model.config
