@@ -170,6 +170,89 @@ def test_loss_terms(name):
     out["loss"].backward()
 
 
+# the switches of forward: which terms exist, how they are weighed, which carry a graph
+SWITCH_CASES = {
+    "small": ({}, "both", False),
+    "labeled": ({}, "both", True),
+    "free_bits": ({"kl_free_nats": 1e4}, "both", True),
+    "own_condition_cross_v": ({"cross_condition": False, "lambda_cross_v": 0.5, "image_encoder": "conv"}, "both", True),
+    "align_text_target_rec_t": ({"align_text_target": True, "lambda_rec_t": 0.3, "lambda_cross_t": 0.0}, "both", False),
+    "no_rec_v": ({"lambda_rec_v": 0.0, "lambda_cross_v": 2.0, "image_rec_loss": "mse"}, "both", False),
+    "gan": ({"image_encoder": "conv", "gan": True, "kl_free_nats": 0.5}, "both", True),
+    "gan_images_only": ({"image_encoder": "conv", "gan": True}, "images", False),
+    "captions_only": ({}, "captions", False),
+    "captioning": ({"preset": "captioning"}, "both", False),
+    "text_to_image": ({"preset": "text_to_image"}, "both", True),
+}
+
+
+def _switch_model(overrides: dict) -> LNFMM:
+    overrides = dict(overrides)
+    preset = overrides.pop("preset", None)
+    if preset is None:
+        return LNFMM(tiny(**overrides))
+    sizes = dict(
+        vocab_size=VOCAB, max_caption_len=8, shared_dim=6, image_specific_dim=4, text_specific_dim=4,
+        image_encoder_hidden=16, word_embedding_dim=8, text_encoder_hidden=8, text_encoder_layers=1, decoder_hidden=16,
+        decoder_embedding_dim=8, generator_channels=4, feature_decoder_hidden=16, fs_layers=2, fs_hidden=16,
+        fv_layers=2, fv_hidden=16, ft_layers=2, ft_hidden=16,
+    )
+    if preset == "captioning":
+        return LNFMM(LNFMMConfig.captioning(image_feature_dim=10, **sizes))
+    from flowkit.data.classifier import AttributeClassifier
+
+    model = LNFMM(LNFMMConfig.text_to_image(**sizes))
+    # a random trunk stands in for the pre-trained one
+    model.image_encoder.cells.load_state_dict(AttributeClassifier().net[:-1].state_dict())
+    model.image_trunk_initialized = True
+    return model
+
+
+def _reference_loss(cfg: LNFMMConfig, out: dict) -> torch.Tensor:
+    # Eq. 10 written out from the config, with free bits on the KL terms
+    free = cfg.kl_free_nats
+    kl_t = out["kl_t"].clamp(min=free) if free > 0 else out["kl_t"]
+    kl_v = out["kl_v"].clamp(min=free) if free > 0 else out["kl_v"]
+    loss = (
+        cfg.lambda_kl_t * kl_t + cfg.lambda_kl_v * kl_v - cfg.lambda_logdet * out["logdet_fs"]
+        + cfg.lambda_align * out["align"] + cfg.lambda_rec_t * out["rec_t"] + cfg.lambda_rec_v * out["rec_v"]
+    )
+    for name, weight in (("cross_t", cfg.lambda_cross_t), ("cross_v", cfg.lambda_cross_v), ("adv", cfg.lambda_adv)):
+        if name in out:
+            loss = loss + weight * out[name]
+    return loss
+
+
+@pytest.mark.parametrize("name", list(SWITCH_CASES))
+def test_loss_is_the_weighted_sum_of_the_terms_the_switches_enable(name):
+    from flowkit.models.lnfmm.model import LOSS_WEIGHTS
+
+    overrides, domains, with_mask = SWITCH_CASES[name]
+    torch.manual_seed(0)
+    model = _switch_model(overrides)
+    cfg = model.config
+    images, captions = batch(cfg, b=4)
+    if cfg.pixels:
+        images = torch.rand(4, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(1))
+    labeled = torch.tensor([True, False, True, True]) if with_mask else None
+    images, captions = (None if domains == "captions" else images), (None if domains == "images" else captions)
+    out = model(images, captions, labeled)
+    paired = images is not None and captions is not None
+    expected = set(KEYS)
+    expected |= {"cross_t"} if paired and cfg.lambda_cross_t > 0 else set()
+    expected |= {"cross_v"} if paired and cfg.lambda_cross_v > 0 else set()
+    expected |= {"adv"} if cfg.gan and images is not None else set()
+    assert set(out) == expected
+    assert set(out) - {"loss"} <= set(LOSS_WEIGHTS) and all(hasattr(cfg, a) for a in LOSS_WEIGHTS.values())
+    assert torch.equal(out["loss"], _reference_loss(cfg, out))
+    # a reconstruction weighted 0 is a diagnostic computed without a graph
+    if captions is not None:
+        assert out["rec_t"].requires_grad == (cfg.lambda_rec_t > 0)
+    if images is not None:
+        assert out["rec_v"].requires_grad == (cfg.lambda_rec_v > 0)
+    out["loss"].backward()
+
+
 def test_shared_norm_standardizes_both_shared_codes_and_keeps_the_specific_ones():
     torch.manual_seed(0)
     cfg = tiny(shared_norm="batch")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -57,6 +58,37 @@ def _masked_mean(values: Tensor, weight: Tensor | None) -> Tensor:
     return (values * weight).sum() / weight.sum().clamp(min=1.0)
 
 
+#: The loss's weights: term name -> the config attribute that weighs it, in summation order.
+LOSS_WEIGHTS: dict[str, str] = {
+    "kl_t": "lambda_kl_t",
+    "kl_v": "lambda_kl_v",
+    "logdet_fs": "lambda_logdet",
+    "align": "lambda_align",
+    "rec_t": "lambda_rec_t",
+    "rec_v": "lambda_rec_v",
+    "cross_t": "lambda_cross_t",
+    "cross_v": "lambda_cross_v",
+    "adv": "lambda_adv",
+}
+#: Terms subtracted from the loss (the log-determinant of f_s is maximized).
+SUBTRACTED_TERMS = frozenset({"logdet_fs"})
+#: Terms clamped below at ``kl_free_nats`` in the loss (free bits); the logged values are not.
+FREE_BITS_TERMS = frozenset({"kl_t", "kl_v"})
+#: The terms every forward returns (0 where absent).
+_CORE_TERMS = ("kl_t", "kl_v", "logdet_fs", "align", "rec_t", "rec_v")
+
+
+@dataclass(frozen=True)
+class _Code:
+    r"""One domain's posterior code ``z = mu + std * eps = [shared, specific]``."""
+
+    z: Tensor
+    eps: Tensor
+    std: Tensor
+    shared: Tensor
+    specific: Tensor
+
+
 class LNFMM(nn.Module):
     r"""The LNFMM model for image captioning and text-to-image synthesis.
 
@@ -77,7 +109,7 @@ class LNFMM(nn.Module):
         >>> captions = torch.tensor([[1, 5, 6, 2, 0, 0]] * 4)
         >>> out = model(images, captions)
         >>> sorted(out)
-        ['align', 'kl_t', 'kl_v', 'logdet_fs', 'loss', 'rec_t', 'rec_v']
+        ['align', 'cross_t', 'kl_t', 'kl_v', 'logdet_fs', 'loss', 'rec_t', 'rec_v']
         >>> model.sample_captions(images, num_samples=3).shape[:2]
         torch.Size([4, 3])
     """
@@ -340,117 +372,155 @@ class LNFMM(nn.Module):
 
         Every term is a scalar averaged over the rows it applies to: ``kl_t``/``rec_t`` over
         rows with a caption, ``kl_v``/``rec_v`` over rows with an image, ``align``/``logdet_fs``
-        over labeled pairs. ``loss = lambda_kl_t kl_t + lambda_kl_v kl_v - lambda_logdet
+        and ``cross_t``/``cross_v`` over labeled pairs. ``loss`` is the weighted sum of the
+        terms (:meth:`_weighted_loss`): ``lambda_kl_t kl_t + lambda_kl_v kl_v - lambda_logdet
         logdet_fs + lambda_align align + lambda_rec_t rec_t + lambda_rec_v rec_v`` (+
-        ``lambda_adv adv`` with ``gan=True``).
+        ``lambda_cross_t cross_t``, ``lambda_cross_v cross_v``, ``lambda_adv adv`` when present),
+        with the KL terms clamped below at ``kl_free_nats`` (free bits).
 
         Arguments:
             images: (B, 3, H, W) in [0, 1] or (B, F) features; None for a caption-only batch.
             captions: (B, L) token ids; None for an image-only batch.
             labeled: (B,) bool, which rows are true pairs (semi-supervised); None: all, when
                 both domains are given. Unlabeled rows train their own encoders, decoders and
-                priors only (no ``align``/``logdet_fs``; priors conditioned on their own code).
+                priors only (no ``align``/``logdet_fs``/``cross_*``; priors conditioned on their
+                own code).
             sample_posterior: Draw the reparameterized noise (default: in training mode). In
                 eval mode the codes are the posterior means, so eval losses are deterministic.
 
         Returns:
             A dict of scalars: ``loss``, ``kl_t``, ``kl_v``, ``logdet_fs``, ``align``, ``rec_t``,
-            ``rec_v`` (+ ``adv`` with ``gan=True``). Absent parts are 0.
+            ``rec_v``; ``cross_t`` with ``lambda_cross_t > 0`` and ``cross_v`` with
+            ``lambda_cross_v > 0`` (paired batches only); ``adv`` with ``gan=True`` (batches with
+            images). Absent parts of the first seven are 0.
         """
-        cfg = self.config
         self._check_batch(images, captions, labeled)
+        self._warn_uninitialized_trunk()
+        sample = self.training if sample_posterior is None else bool(sample_posterior)
+        ref = images if images is not None else captions
+        assert ref is not None
+        dtype = next(self.text_decoder.parameters()).dtype
+        zero = torch.zeros((), dtype=dtype, device=ref.device)
+        terms: dict[str, Tensor] = dict.fromkeys(_CORE_TERMS, zero)
+        weight = None if labeled is None else labeled.to(dtype)
+        # images first, then captions: the order the posterior noise is drawn in
+        code_v = None if images is None else self._sample_code(*self._image_posterior(images), self.image_std, sample)
+        code_t = None if captions is None else self._sample_code(*self._text_posterior(captions), self.text_std, sample)
+        fs_v = None
+        if code_v is not None and code_t is not None:
+            fs_v, alignment = self._alignment_terms(code_v, code_t, weight)
+            terms.update(alignment)
+        if captions is not None and code_t is not None:
+            terms.update(self._text_terms(captions, code_t, fs_v, labeled, weight))
+        if images is not None and code_v is not None:
+            ctx_v, image_terms = self._image_terms(images, code_v, code_t, labeled, weight)
+            terms.update(image_terms)
+            if self.discriminator is not None:
+                terms.update(self._adversarial_term(ctx_v, sample))
+        return {"loss": self._weighted_loss(terms), **terms}
+
+    def _warn_uninitialized_trunk(self) -> None:
+        r"""Warns once when training an image encoder whose trunk was never initialized."""
         if self.training and not self.image_trunk_initialized and not _is_compiling():
             warnings.warn(
                 f"LNFMM: config.image_encoder_init={self.config.image_encoder_init!r} but the image encoder's "
                 f"trunk was never initialized; flowkit.training.train does it, in a loop of your own call "
                 f"flowkit.training.initialize_image_encoder(model) first",
-                stacklevel=2,
+                stacklevel=3,
             )
             self.image_trunk_initialized = True  # warn once
-        sample = self.training if sample_posterior is None else bool(sample_posterior)
-        S = cfg.shared_dim
-        ref = images if images is not None else captions
-        assert ref is not None
-        dtype = next(self.text_decoder.parameters()).dtype
-        zero = torch.zeros((), dtype=dtype, device=ref.device)
-        terms = {k: zero for k in ("kl_t", "kl_v", "logdet_fs", "align", "rec_t", "rec_v")}
-        paired = images is not None and captions is not None
-        weight = None if labeled is None else labeled.to(dtype)
-        lab = None if labeled is None else labeled.unsqueeze(1)
 
-        if images is not None:
-            mu_v, logvar_v = self._image_posterior(images)
-            z_v, eps_v, std_v = self._posterior(mu_v, logvar_v, self.image_std, sample)
-            zs_v, zp_v = z_v[:, :S], z_v[:, S:]
-        if captions is not None:
-            mu_t, logvar_t = self._text_posterior(captions)
-            z_t, eps_t, std_t = self._posterior(mu_t, logvar_t, self.text_std, sample)
-            zs_t, zp_t = z_t[:, :S], z_t[:, S:]
+    def _sample_code(self, mu: Tensor, logvar: Tensor | None, fixed_std: Tensor, sample: bool) -> _Code:
+        r"""One domain's posterior code, split into its shared and specific parts."""
+        z, eps, std = self._posterior(mu, logvar, fixed_std, sample)
+        S = self.config.shared_dim
+        return _Code(z=z, eps=eps, std=std, shared=z[:, :S], specific=z[:, S:])
 
-        # -- alignment of the shared codes (labeled pairs only) ---------------------------------
-        if paired:
-            fs_v, logdet = self._fs(zs_v)  # image space -> text space
-            target = zs_t.detach() if cfg.align_text_target else zs_t
-            terms["align"] = _masked_mean((fs_v - target).square().sum(dim=1), weight)
-            terms["logdet_fs"] = _masked_mean(logdet, weight)
+    def _alignment_terms(self, code_v: _Code, code_t: _Code, weight: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        r"""``f_s(z_s^v)`` and the terms ``align`` and ``logdet_fs`` over the labeled pairs."""
+        fs_v, logdet = self._fs(code_v.shared)  # image space -> text space
+        target = code_t.shared.detach() if self.config.align_text_target else code_t.shared
+        align = _masked_mean((fs_v - target).square().sum(dim=1), weight)
+        return fs_v, {"align": align, "logdet_fs": _masked_mean(logdet, weight)}
 
-        # -- text: prior KL (Eq. 8, one sample) and reconstruction ------------------------------
-        if captions is not None:
-            ctx_t = zs_t
-            if paired and cfg.cross_condition:
-                ctx_t = fs_v if lab is None else torch.where(lab, fs_v, zs_t)
-            if self.f_t is not None:
-                log_p = self.f_t.log_prob(zp_t, context=ctx_t)
-                log_q = _gaussian_log_q(eps_t[:, S:], std_t[:, S:])
-                terms["kl_t"] = (log_q - log_p).mean()
-            # with lambda_rec_t = 0 (small preset) the term is only a diagnostic: no graph for it
-            with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.lambda_rec_t > 0):
-                terms["rec_t"] = self._caption_nll(captions, z_t).mean()
-            if paired and cfg.lambda_cross_t > 0:
-                # the caption from the image's shared code: what captioning decodes
-                cross = self._caption_nll(captions, torch.cat([fs_v, zp_t], dim=1))
-                terms["cross_t"] = _masked_mean(cross, weight)
+    def _prior_kl(self, prior: nn.Module | None, code: _Code, context: Tensor) -> Tensor | None:
+        r"""One-sample estimate of KL(q(z') || p(z' | context)) (Eq. 8); None without a prior."""
+        if prior is None:
+            return None
+        S = self.config.shared_dim
+        log_p = prior.log_prob(code.specific, context=context)
+        log_q = _gaussian_log_q(code.eps[:, S:], code.std[:, S:])
+        return (log_q - log_p).mean()
 
-        # -- image: prior KL and reconstruction --------------------------------------------------
-        if images is not None:
-            ctx_v = zs_v
-            if paired and (cfg.cross_condition or cfg.lambda_cross_v > 0):
-                back = self._fs_inverse(zs_t)  # text space -> image space
-            if paired and cfg.cross_condition:
-                ctx_v = back if lab is None else torch.where(lab, back, zs_v)
-            if self.f_v is not None:
-                log_p = self.f_v.log_prob(zp_v, context=ctx_v)
-                log_q = _gaussian_log_q(eps_v[:, S:], std_v[:, S:])
-                terms["kl_v"] = (log_q - log_p).mean()
-            feats = self._trunk_features(images)
-            # with lambda_rec_v = 0 (text-to-image recipe) the term is only a diagnostic: no graph
-            with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.lambda_rec_v > 0):
-                terms["rec_v"] = self._image_error(images, self.image_decoder(z_v), feats).mean()
-            if paired and cfg.lambda_cross_v > 0:
-                # the image from the caption's shared code: what text-to-image decodes
-                cross = self._image_error(images, self.image_decoder(torch.cat([back, zp_v], dim=1)), feats)
-                terms["cross_v"] = _masked_mean(cross, weight)
-            if self.discriminator is not None:
-                # eval mode: the prior's mode (temperature 0), so eval losses are deterministic
-                terms["adv"] = self._generator_adversarial(ctx_v, 1.0 if sample else 0.0)
+    def _text_terms(
+        self, captions: Tensor, code_t: _Code, fs_v: Tensor | None, labeled: Tensor | None, weight: Tensor | None
+    ) -> dict[str, Tensor]:
+        r"""``kl_t`` and ``rec_t``, and ``cross_t`` for pairs (``fs_v`` given) with ``lambda_cross_t > 0``."""
+        cfg = self.config
+        terms: dict[str, Tensor] = {}
+        ctx_t = code_t.shared
+        if fs_v is not None and cfg.cross_condition:
+            ctx_t = fs_v if labeled is None else torch.where(labeled.unsqueeze(1), fs_v, code_t.shared)
+        if (kl_t := self._prior_kl(self.f_t, code_t, ctx_t)) is not None:
+            terms["kl_t"] = kl_t
+        # with lambda_rec_t = 0 (small preset) the term is only a diagnostic: no graph for it
+        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.lambda_rec_t > 0):
+            terms["rec_t"] = self._caption_nll(captions, code_t.z).mean()
+        if fs_v is not None and cfg.lambda_cross_t > 0:
+            # the caption from the image's shared code: what captioning decodes
+            cross = self._caption_nll(captions, torch.cat([fs_v, code_t.specific], dim=1))
+            terms["cross_t"] = _masked_mean(cross, weight)
+        return terms
 
+    def _image_terms(
+        self, images: Tensor, code_v: _Code, code_t: _Code | None, labeled: Tensor | None, weight: Tensor | None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        r"""The image prior's condition and the terms ``kl_v``, ``rec_v``, and ``cross_v`` for
+        pairs (``code_t`` given) with ``lambda_cross_v > 0``."""
+        cfg = self.config
+        terms: dict[str, Tensor] = {}
+        ctx_v = code_v.shared
+        back = None
+        if code_t is not None and (cfg.cross_condition or cfg.lambda_cross_v > 0):
+            back = self._fs_inverse(code_t.shared)  # text space -> image space
+        if back is not None and cfg.cross_condition:
+            ctx_v = back if labeled is None else torch.where(labeled.unsqueeze(1), back, code_v.shared)
+        if (kl_v := self._prior_kl(self.f_v, code_v, ctx_v)) is not None:
+            terms["kl_v"] = kl_v
+        feats = self._trunk_features(images)
+        # with lambda_rec_v = 0 (text-to-image recipe) the term is only a diagnostic: no graph
+        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.lambda_rec_v > 0):
+            terms["rec_v"] = self._image_error(images, self.image_decoder(code_v.z), feats).mean()
+        if back is not None and cfg.lambda_cross_v > 0:
+            # the image from the caption's shared code: what text-to-image decodes
+            cross = self._image_error(images, self.image_decoder(torch.cat([back, code_v.specific], dim=1)), feats)
+            terms["cross_v"] = _masked_mean(cross, weight)
+        return ctx_v, terms
+
+    def _adversarial_term(self, ctx_v: Tensor, sample: bool) -> dict[str, Tensor]:
+        r"""``adv``: the generator's hinge term on text-to-image fakes for the condition ``ctx_v``."""
+        # eval mode: the prior's mode (temperature 0), so eval losses are deterministic
+        return {"adv": self._generator_adversarial(ctx_v, 1.0 if sample else 0.0)}
+
+    def _weighted_loss(self, terms: dict[str, Tensor]) -> Tensor:
+        r"""The loss: the sum of the present terms times their weights (:data:`LOSS_WEIGHTS`), the
+        subtracted ones (``logdet_fs``) negated, the KL terms clamped below at ``kl_free_nats``."""
+        cfg = self.config
+        free = cfg.kl_free_nats
         # free bits (Kingma et al., 2016): a KL below kl_free_nats is not pushed lower, so the
         # latent keeps that much information (the standard remedy for posterior collapse)
-        free = cfg.kl_free_nats
-        kl_t = terms["kl_t"].clamp(min=free) if free > 0 else terms["kl_t"]
-        kl_v = terms["kl_v"].clamp(min=free) if free > 0 else terms["kl_v"]
-        loss = (
-            cfg.lambda_kl_t * kl_t
-            + cfg.lambda_kl_v * kl_v
-            - cfg.lambda_logdet * terms["logdet_fs"]
-            + cfg.lambda_align * terms["align"]
-            + cfg.lambda_rec_t * terms["rec_t"]
-            + cfg.lambda_rec_v * terms["rec_v"]
-        )
-        for name in ("cross_t", "cross_v", "adv"):
-            if name in terms:
-                loss = loss + getattr(cfg, f"lambda_{name}") * terms[name]
-        return {"loss": loss, **terms}
+        terms = {k: v.clamp(min=free) if free > 0 and k in FREE_BITS_TERMS else v for k, v in terms.items()}
+        loss: Tensor | None = None
+        for name, attr in LOSS_WEIGHTS.items():
+            if name not in terms:
+                continue
+            weighted = getattr(cfg, attr) * terms[name]
+            if loss is None:
+                loss = weighted
+            else:
+                loss = loss - weighted if name in SUBTRACTED_TERMS else loss + weighted
+        assert loss is not None
+        return loss
 
     def _caption_nll(self, captions: Tensor, code: Tensor) -> Tensor:
         r"""Per-row caption NLL given a text code, summed over tokens (padding masked)."""
