@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from flowkit.data.grammar import COLORS, SHAPES, SIZES, sample_captions
 from flowkit.data.vocab import tokenize
-from flowkit.io import atomic_write_bytes, atomic_write_json
+from flowkit.io import atomic_write_bytes, atomic_write_json, cache_dir
 
 # Re-exported from flowkit.data.grammar, where they are defined: ``is_true`` is part of the
 # public API of this module (``flowkit.data.shapes.is_true``), and ``Scene`` / ``SceneObject``
@@ -308,8 +308,6 @@ def shapes_export_root(sizes: Mapping[str, int] | None = None, seed: int = 0) ->
         >>> shapes_export_root({"train": 120, "val": 8, "test": 8}, seed=3).name
         'shapes_coco_120_8_8_seed3'
     """
-    from flowkit.io import cache_dir  # noqa: PLC0415
-
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
     if sizes == DEFAULT_SIZES and seed == 0:
         return cache_dir() / "shapes_coco"

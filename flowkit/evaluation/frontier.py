@@ -131,20 +131,15 @@ def image_frontier(
         seed: The sampling seed.
         progress: Show progress bars.
     """
-    import math
-
-    from flowkit.data.judges import free_attribute_spread, get_attribute_classifier, image_caption_accuracy
-    from flowkit.evaluation.text_to_image import sample_images_for_captions
+    from flowkit.data.judges import get_attribute_classifier
+    from flowkit.evaluation.text_to_image import judge_generated_images, sample_images_for_captions
 
     judge = judge if judge is not None else get_attribute_classifier(progress=progress)
     points = []
     for t in temperatures:
         images = sample_images_for_captions(model, captions, vocab, num_samples, t, seed=seed, progress=progress)
-        accuracy = image_caption_accuracy(images.flatten(0, 1), [c for c in captions for _ in range(num_samples)], judge)
-        spreads = [free_attribute_spread(imgs, c, judge)["mean"] for imgs, c in zip(images, captions)]
-        spreads = [v for v in spreads if not math.isnan(v)]
-        spread = float(np.mean(spreads)) if spreads else float("nan")
-        points.append(FrontierPoint(f"T={t:g}", accuracy, spread, float(len(spreads))))
+        judged = judge_generated_images(images, captions, judge)
+        points.append(FrontierPoint(f"T={t:g}", judged["accuracy"], judged["free_attribute_spread"], float(judged["captions_with_a_true_image"])))
     return points
 
 

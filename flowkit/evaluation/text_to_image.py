@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-__all__ = ["evaluate_text_to_image", "sample_images_for_captions", "encode_captions_text"]
+__all__ = ["evaluate_text_to_image", "judge_generated_images", "sample_images_for_captions", "encode_captions_text"]
 
 
 def encode_captions_text(captions: Sequence[str], vocab: Any, max_len: int) -> Tensor:
@@ -121,6 +121,32 @@ def _ivom(model: nn.Module, ids: Tensor, targets: Tensor, restarts: int, steps: 
     out = ivom(generate, targets, init_codes=init, context=ctx, restarts=restarts, steps=steps, lr=lr, seed=seed, progress=progress)
     out["variable"] = "image-specific code z'_v (starts drawn from the prior)"
     return out
+
+
+def judge_generated_images(images: Tensor, captions: Sequence[str], classifier: Any) -> dict[str, Any]:
+    r"""The attribute classifier's verdict on ``(N, S, 3, H, W)`` images generated for N captions.
+
+    Returns ``accuracy`` (fraction of all images true of their caption),
+    ``free_attribute_spread`` (mean over captions with a true image of
+    :func:`~flowkit.data.judges.free_attribute_spread`; NaN when none has one),
+    ``captions_with_a_true_image`` and ``per_caption`` (each caption's spread dict).
+
+    Arguments:
+        images: The generated images, ``S`` per caption.
+        captions: The N captions (of the shapes grammar).
+        classifier: A scene reader (:func:`~flowkit.data.judges.get_attribute_classifier`).
+    """
+    from flowkit.data.judges import free_attribute_spread, image_caption_accuracy
+
+    per_image = [c for c in captions for _ in range(images.shape[1])]
+    spreads = [free_attribute_spread(imgs, c, classifier) for imgs, c in zip(images, captions)]
+    means = [s["mean"] for s in spreads if not math.isnan(s["mean"])]
+    return {
+        "accuracy": image_caption_accuracy(images.flatten(0, 1), per_image, classifier),
+        "free_attribute_spread": float(np.mean(means)) if means else float("nan"),
+        "captions_with_a_true_image": len(means),
+        "per_caption": spreads,
+    }
 
 
 def evaluate_text_to_image(
@@ -235,7 +261,7 @@ def evaluate_text_to_image(
 
     shapes = all(parse(c) is not None for c in caps)
     if shapes:
-        from flowkit.data.judges import class_probabilities, free_attribute_spread, get_attribute_classifier, image_caption_accuracy
+        from flowkit.data.judges import class_probabilities, get_attribute_classifier, image_caption_accuracy
 
         t0 = time.perf_counter()
         clf = classifier if classifier is not None else get_attribute_classifier(progress=progress)
@@ -244,14 +270,13 @@ def evaluate_text_to_image(
         out["inception_score"] = is_mean
         out["inception_score_std"] = is_std
         out["inception_network"] = "shapes attribute classifier (48 shape x color x size classes)"
-        out["caption_accuracy"] = image_caption_accuracy(flat, [c for c in caps for _ in range(num_samples)], clf)
+        judged = judge_generated_images(images, caps, clf)
+        out["caption_accuracy"] = judged["accuracy"]
         if targets is not None:
             out["reference_accuracy"] = image_caption_accuracy(targets, caps, clf)
-        spreads = [free_attribute_spread(images[i], c, clf) for i, c in enumerate(caps)]
-        means = [s["mean"] for s in spreads if not math.isnan(s["mean"])]
-        out["free_attribute_spread"] = float(np.mean(means)) if means else float("nan")
-        out["free_attribute_spread_captions"] = len(means)
-        out["free_attribute_spread_per_caption"] = [{k: (None if math.isnan(v) else v) for k, v in s.items()} for s in spreads]
+        out["free_attribute_spread"] = judged["free_attribute_spread"]
+        out["free_attribute_spread_captions"] = judged["captions_with_a_true_image"]
+        out["free_attribute_spread_per_caption"] = [{k: (None if math.isnan(v) else v) for k, v in s.items()} for s in judged["per_caption"]]
         timings["judges"] = time.perf_counter() - t0
     else:
         out["notes"].append("Inception score and caption accuracy need the shapes attribute classifier; these captions are not of the shapes grammar")

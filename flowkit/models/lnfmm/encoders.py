@@ -125,8 +125,12 @@ class ConvEncoder(nn.Module):
         self.convs.requires_grad_(False)
         self.body.requires_grad_(False)
 
+    def from_trunk(self, h: Tensor) -> tuple[Tensor, Tensor | None]:
+        r"""The code from :meth:`trunk`'s features (reused when they are computed anyway)."""
+        return self.head(h)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        return self.head(self.trunk(x))
+        return self.from_trunk(self.trunk(x))
 
 
 class CellEncoder(nn.Module):
@@ -175,8 +179,12 @@ class CellEncoder(nn.Module):
         r"""The cell features ``(B, 576)`` of ``(B, 3, 64, 64)`` images in [0, 1]."""
         return self.cells(cell_crops(x).flatten(0, 1)).reshape(len(x), -1)
 
+    def from_trunk(self, h: Tensor) -> tuple[Tensor, Tensor | None]:
+        r"""The code from :meth:`trunk`'s cell features (reused when they are computed anyway)."""
+        return self.head(self.body(h))
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        return self.head(self.body(self.trunk(x)))
+        return self.from_trunk(self.trunk(x))
 
 
 class VGG16Encoder(nn.Module):

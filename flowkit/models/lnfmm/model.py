@@ -297,8 +297,9 @@ class LNFMM(nn.Module):
         S = self.config.shared_dim
         return torch.cat([norm(mu[:, :S]), mu[:, S:]], dim=1)
 
-    def _image_posterior(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        mu, logvar = self.image_encoder(images)
+    def _image_posterior(self, images: Tensor, trunk_features: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        # a frozen trunk's features, when the perceptual term needs them too, are computed once
+        mu, logvar = self.image_encoder(images) if trunk_features is None else self.image_encoder.from_trunk(trunk_features)
         return self._normalized(mu, self.image_shared_norm), logvar
 
     def _text_posterior(self, captions: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -404,7 +405,8 @@ class LNFMM(nn.Module):
         terms: dict[str, Tensor] = dict.fromkeys(_CORE_TERMS, zero)
         weight = None if labeled is None else labeled.to(dtype)
         # images first, then captions: the order the posterior noise is drawn in
-        code_v = None if images is None else self._sample_code(*self._image_posterior(images), self.image_std, sample)
+        feats = None if images is None else self._trunk_features(images)
+        code_v = None if images is None else self._sample_code(*self._image_posterior(images, feats), self.image_std, sample)
         code_t = None if captions is None else self._sample_code(*self._text_posterior(captions), self.text_std, sample)
         fs_v = None
         if code_v is not None and code_t is not None:
@@ -413,7 +415,7 @@ class LNFMM(nn.Module):
         if captions is not None and code_t is not None:
             terms.update(self._text_terms(captions, code_t, fs_v, labeled, weight))
         if images is not None and code_v is not None:
-            ctx_v, image_terms = self._image_terms(images, code_v, code_t, labeled, weight)
+            ctx_v, image_terms = self._image_terms(images, feats, code_v, code_t, labeled, weight)
             terms.update(image_terms)
             if self.discriminator is not None:
                 terms.update(self._adversarial_term(ctx_v, sample))
@@ -473,10 +475,11 @@ class LNFMM(nn.Module):
         return terms
 
     def _image_terms(
-        self, images: Tensor, code_v: _Code, code_t: _Code | None, labeled: Tensor | None, weight: Tensor | None
+        self, images: Tensor, feats: Tensor | None, code_v: _Code, code_t: _Code | None, labeled: Tensor | None, weight: Tensor | None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         r"""The image prior's condition and the terms ``kl_v``, ``rec_v``, and ``cross_v`` for
-        pairs (``code_t`` given) with ``lambda_cross_v > 0``."""
+        pairs (``code_t`` given) with ``lambda_cross_v > 0``; ``feats`` are the frozen trunk's
+        features of ``images`` (the perceptual term's target) or None."""
         cfg = self.config
         terms: dict[str, Tensor] = {}
         ctx_v = code_v.shared
@@ -487,7 +490,6 @@ class LNFMM(nn.Module):
             ctx_v = back if labeled is None else torch.where(labeled.unsqueeze(1), back, code_v.shared)
         if (kl_v := self._prior_kl(self.f_v, code_v, ctx_v)) is not None:
             terms["kl_v"] = kl_v
-        feats = self._trunk_features(images)
         # with lambda_rec_v = 0 (text-to-image recipe) the term is only a diagnostic: no graph
         with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.lambda_rec_v > 0):
             terms["rec_v"] = self._image_error(images, self.image_decoder(code_v.z), feats).mean()
