@@ -59,6 +59,7 @@ VARIANTS = {
     "cross_reconstruction": {"image_encoder": "conv", "lambda_cross_t": 0.5, "lambda_cross_v": 2.0},
     "no_cross_reconstruction": {"lambda_cross_t": 0.0, "lambda_cross_v": 0.0},
     "shared_norm": {"shared_norm": "batch"},
+    "shared_norm_all": {"shared_norm": "batch-all"},
     "no_text_latent": {"text_specific_dim": 0},
     "gaussian_no_text_latent": {"prior": "gaussian", "text_specific_dim": 0},
 }
@@ -272,6 +273,17 @@ def test_shared_norm_standardizes_both_shared_codes_and_keeps_the_specific_ones(
     one = model.encode_images(images[:1])["shared"]
     torch.testing.assert_close(one, model.encode_images(images)["shared"][:1])
     assert {"image_shared_norm.running_mean", "text_shared_norm.running_var"} <= set(model.state_dict())
+
+
+def test_batch_all_norm_standardizes_the_specific_codes_too():
+    torch.manual_seed(0)
+    cfg = tiny(shared_norm="batch-all")
+    model = LNFMM(cfg).train()
+    images, captions = batch(cfg, b=16)
+    for code, raw in ((model.encode_images(images)["code"], model.image_encoder(images)[0]),
+                      (model.encode_captions(captions)["code"], model.text_encoder(captions)[0])):
+        expected = (raw - raw.mean(0)) / (raw.var(0, unbiased=False) + 1e-5).sqrt()
+        torch.testing.assert_close(code, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_shared_norm_keeps_the_code_scale_under_the_alignment_term():

@@ -22,7 +22,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "clamp": ("atan", "tanh", "sigmoid"),
     "image_rec_loss": ("l1", "mse"),
     "image_encoder_init": ("random", "shapes-attributes", "shapes-trunk"),
-    "shared_norm": ("none", "batch"),
+    "shared_norm": ("none", "batch", "batch-all"),
 }
 
 
@@ -100,7 +100,9 @@ class LNFMMConfig:
         shared_norm: ``"none"`` (paper), or ``"batch"``: each encoder's shared code is
             standardized over the batch (batch norm without affine parameters; running
             statistics in eval), so it cannot shrink below the fixed posterior noise and
-            lose its content (``docs/lnfmm.md``, "The scale of the shared space").
+            lose its content (``docs/lnfmm.md``, "The scale of the shared space");
+            ``"batch-all"``: the specific codes too, so the fixed noise on :math:`z'` bounds
+            what it can carry (the encoder cannot scale it up past the noise).
         cross_condition: Condition the priors of a paired row on the other domain's shared
             code mapped through f_s (official; matches inference). False: the row's own code.
         freeze_image_encoder: Keep the image encoder fixed (LNFMM (pre-trained) ablation).

@@ -178,14 +178,18 @@ class LNFMM(nn.Module):
 
         # -- shared-code normalization: the codes cannot shrink below the fixed noise ---------------
         # (batch statistics in training, running ones in eval; no affine part, so no scale to lose)
-        norm = cfg.shared_norm == "batch"
-        self.image_shared_norm = nn.BatchNorm1d(S, affine=False, momentum=0.01) if norm else None
-        self.text_shared_norm = nn.BatchNorm1d(S, affine=False, momentum=0.01) if norm else None
+        # ("batch-all": the specific codes too; the modules keep their names for old checkpoints)
+        full = cfg.shared_norm == "batch-all"
+        self.image_shared_norm = self._code_norm(S + cfg.image_specific_dim if full else S)
+        self.text_shared_norm = self._code_norm(S + cfg.text_specific_dim if full else S)
 
         # -- fixed posterior std (official: 0.05 on every dim; +0.10 on z'_t, +0.05 on z'_v) -----
         # independent noises add in variance, hence the square root
         self.register_buffer("image_std", self._std_vector(cfg.image_specific_dim, cfg.image_noise_std), persistent=False)
         self.register_buffer("text_std", self._std_vector(cfg.text_specific_dim, cfg.text_noise_std), persistent=False)
+
+    def _code_norm(self, dims: int) -> nn.BatchNorm1d | None:
+        return nn.BatchNorm1d(dims, affine=False, momentum=0.01) if self.config.shared_norm != "none" else None
 
     def _std_vector(self, specific: int, extra: float) -> Tensor:
         cfg = self.config
@@ -291,11 +295,11 @@ class LNFMM(nn.Module):
         eps = torch.randn_like(mu) if sample else torch.zeros_like(mu)
         return mu + std * eps, eps, std
 
-    def _normalized(self, mu: Tensor, norm: nn.Module | None) -> Tensor:
+    def _normalized(self, mu: Tensor, norm: nn.BatchNorm1d | None) -> Tensor:
         if norm is None:
             return mu
-        S = self.config.shared_dim
-        return torch.cat([norm(mu[:, :S]), mu[:, S:]], dim=1)
+        n = norm.num_features  # the shared code, or the whole code ("batch-all")
+        return norm(mu) if n == mu.shape[1] else torch.cat([norm(mu[:, :n]), mu[:, n:]], dim=1)
 
     def _image_posterior(self, images: Tensor, trunk_features: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         # a frozen trunk's features, when the perceptual term needs them too, are computed once
