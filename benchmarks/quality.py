@@ -322,11 +322,11 @@ def main(argv: list[str] | None = None) -> int:
             trainer = train(LNFMMConfig.small(**overrides), data, TrainSettings(steps=args.steps or 1500, batch_size=args.batch_size, seed=seed, progress=progress), out=out / f"{key}_seed{seed}", meta=meta)
             model = trainer.module.cpu().eval()
             train_s = time.perf_counter() - t0
-            cap = evaluate_captioning(model, data, num_samples=args.num_samples, limit=args.test_images, seed=seed, progress=progress, figure_images=0)
+            cap = evaluate_captioning(model, data, num_samples=args.num_samples, limit=args.test_images, seed=seed, progress=progress, figure_images=0).to_json()
             t2i = evaluate_text_to_image(
                 model, data, num_captions=args.t2i_captions, num_samples=args.t2i_samples, classifier=judge,
                 ivom_steps=args.ivom_steps, ivom_restarts=args.ivom_restarts, seed=seed, progress=progress, figure_captions=0,
-            )
+            ).to_json()
             for part in (cap, t2i):
                 for k in ("samples", "ranked", "references", "free_attribute_spread_per_caption"):
                     part.pop(k, None)

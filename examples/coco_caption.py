@@ -39,6 +39,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,10 +131,10 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
                 batch_size=args.batch_size or batch_size, meta=meta, validate_every=every, lr_schedule=schedule)
 
 
-def pixels_of(root: Path, ids: list[int]) -> torch.Tensor:
-    r"""The PNG images of some test ids (for the caption sheet of a features run)."""
+def pixels_of(root: Path) -> Callable[[int], torch.Tensor]:
+    r"""The PNG image of a test id (for the caption sheet of a features run)."""
     paths = {r.image_id: r.path for r in read_splits(root, "coco")["test"]}
-    return torch.stack([pil_to_tensor(load_image(paths[i])) for i in ids])
+    return lambda i: pil_to_tensor(load_image(paths[i]))
 
 
 def probes(model: torch.nn.Module, data: Any, scenes: dict[int, Any]) -> dict[str, dict[str, Any]]:
@@ -182,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results = evaluate_captioning(model, data, "test", num_samples=num_samples, limit=test_images, scenes=scenes, seed=args.seed, progress=progress)
     eval_s = time.perf_counter() - t0
-    if data.image_kind == "features" and scenes is not None and results.get("_figure"):
-        results["_figure"]["images"] = pixels_of(run["root"], results["_figure"]["ids"])
+    if data.image_kind == "features" and scenes is not None:  # the caption sheet shows the export's PNGs
+        results.samples.pixels = pixels_of(run["root"])
 
     print()
     print(f"Diverse captions ({num_samples} samples per image; the best 5 after consensus re-ranking, and distinct samples):")

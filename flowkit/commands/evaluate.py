@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=progress,
             )
         if not spice_available():
-            cap["spice_note"] = "SPICE is not reported: its Stanford CoreNLP jars are absent and pycocoevalcap cannot fetch them offline."
+            cap.spice_note = "SPICE is not reported: its Stanford CoreNLP jars are absent and pycocoevalcap cannot fetch them offline."
         results["captioning"] = cap
         print(format_captioning_table(cap))
         print()

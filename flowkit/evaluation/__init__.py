@@ -29,25 +29,66 @@ from flowkit.data.loading import DATA_DEFAULTS
 from flowkit.data.loading import load_data_from_options as load_data
 from flowkit.evaluation.captioning import (
     CAPTION_METRICS,
+    CaptioningResult,
+    CaptionSamples,
+    ConsensusResult,
+    DiversityResult,
+    GroundTruthResult,
+    OracleResult,
+    caption_samples,
+    consensus_table,
+    diversity_table,
     encode_dataset_images,
     evaluate_captioning,
     find_split,
     generate_captions,
+    ground_truth_table,
+    oracle_table,
+    sample_captioning,
     split_images,
     train_image_ids,
 )
-from flowkit.evaluation.plots import plot_captions, plot_image_grid
+from flowkit.evaluation.plots import plot_captioning_result, plot_captions, plot_image_grid, plot_text_to_image_result
 from flowkit.evaluation.probes import probe_image_codes
-from flowkit.evaluation.report import format_captioning_table, format_text_to_image_table, run_facts, to_jsonable, write_report
-from flowkit.evaluation.text_to_image import encode_captions_text, evaluate_text_to_image, sample_images_for_captions
+from flowkit.evaluation.report import format_captioning_table, format_text_to_image_table, run_facts, write_report
+from flowkit.evaluation.results import JsonResult, to_jsonable
+from flowkit.evaluation.text_to_image import (
+    ImageDiversityResult,
+    ImageJudgeResult,
+    ImageSamples,
+    IvomResult,
+    TextToImageResult,
+    encode_captions_text,
+    evaluate_text_to_image,
+    image_diversity_table,
+    image_judge_table,
+    ivom_table,
+    sample_images_for_captions,
+    sample_text_to_image,
+)
 from flowkit.io import CheckpointError, load_checkpoint
 from flowkit.io import checkpoint_path as checkpoint_file
 
 __all__ = [
     "CAPTION_METRICS",
+    "CaptionSamples",
+    "CaptioningResult",
+    "ConsensusResult",
     "DATA_DEFAULTS",
+    "DiversityResult",
+    "GroundTruthResult",
+    "ImageDiversityResult",
+    "ImageJudgeResult",
+    "ImageSamples",
+    "IvomResult",
+    "JsonResult",
+    "OracleResult",
+    "TextToImageResult",
+    "caption_samples",
     "checkpoint_file",
+    "consensus_table",
     "data_options",
+    "diversity_table",
     "encode_captions_text",
     "encode_dataset_images",
     "evaluate_captioning",
@@ -56,14 +97,23 @@ __all__ = [
     "format_captioning_table",
     "format_text_to_image_table",
     "generate_captions",
+    "ground_truth_table",
+    "image_diversity_table",
+    "image_judge_table",
+    "ivom_table",
     "load_data",
     "load_model",
     "load_run",
+    "oracle_table",
+    "plot_captioning_result",
     "plot_captions",
     "plot_image_grid",
+    "plot_text_to_image_result",
     "probe_image_codes",
     "run_facts",
+    "sample_captioning",
     "sample_images_for_captions",
+    "sample_text_to_image",
     "scenes_from_export",
     "split_images",
     "to_jsonable",

@@ -2,6 +2,8 @@ r"""Figures of the evaluation report (matplotlib, Agg backend, PNG files).
 
 * :func:`plot_captions`: images beside some of their sampled captions.
 * :func:`plot_image_grid`: one row of generated images per caption.
+* :func:`plot_captioning_result` and :func:`plot_text_to_image_result`: the report's figures,
+  drawn from the evaluation's results (their samples).
 """
 
 from __future__ import annotations
@@ -10,10 +12,16 @@ import os
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor
 
-__all__ = ["plot_captions", "plot_image_grid"]
+if TYPE_CHECKING:
+    from flowkit.evaluation.captioning import CaptioningResult
+    from flowkit.evaluation.text_to_image import TextToImageResult
+
+__all__ = ["plot_captions", "plot_image_grid", "plot_captioning_result", "plot_text_to_image_result"]
 
 
 def _plt():  # type: ignore[no-untyped-def]
@@ -119,3 +127,53 @@ def plot_image_grid(
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
+
+
+def plot_captioning_result(result: CaptioningResult, path: str | os.PathLike[str]) -> Path | None:
+    r"""Saves the report's caption figure: the first ``result.figure_images`` images beside their
+    best captions after consensus re-ranking (and their first reference).
+
+    Arguments:
+        result: An :func:`~flowkit.evaluation.evaluate_captioning` result; its images come from
+            ``result.samples.pixels``.
+        path: The PNG file.
+
+    Returns:
+        The path, or None where there is nothing to draw (no figure images, or feature data
+        without ``pixels``).
+
+    .. code-block:: python
+
+        plot_captioning_result(evaluate_captioning(model, data, limit=6), "captions.png")
+    """
+    ids, pixels = result.figure_ids, result.samples.pixels
+    if not ids or pixels is None:
+        return None
+    return plot_captions(
+        torch.stack([pixels(i) for i in ids]),
+        [result.diversity.ranked[i] for i in ids],
+        path,
+        references=[result.samples.references[i] for i in ids],
+        title=f"best {result.diversity.best_n} of {result.samples.num_samples} sampled captions after consensus re-ranking",
+    )
+
+
+def plot_text_to_image_result(result: TextToImageResult, path: str | os.PathLike[str]) -> Path | None:
+    r"""Saves the report's grid figure: ``result.figure_samples`` generated images for each of
+    the first ``result.figure_captions`` captions.
+
+    Arguments:
+        result: An :func:`~flowkit.evaluation.evaluate_text_to_image` result.
+        path: The PNG file.
+
+    Returns:
+        The path, or None where ``figure_captions`` is 0.
+
+    .. code-block:: python
+
+        plot_text_to_image_result(evaluate_text_to_image(model, data), "text_to_image.png")
+    """
+    n, s = result.figure_captions, result.figure_samples
+    if n <= 0:
+        return None
+    return plot_image_grid(result.samples.captions[:n], result.samples.images[:n, :s], path, title="text-to-image samples")

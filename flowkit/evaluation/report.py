@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from flowkit.evaluation.results import JsonResult, to_jsonable
+
 __all__ = ["write_report", "format_captioning_table", "format_text_to_image_table", "run_facts", "to_jsonable"]
 
 _LABELS = {
@@ -36,31 +38,6 @@ PAPER_COCO = {
     "diversity": {"unique": 97.0, "novel": 4741, "mbleu4": 0.60, "div1": 0.37, "div2": 0.51},
     "text_to_image": {"inception_score": 12.10, "ivom": 0.430, "lpips": 0.481},
 }
-
-
-def to_jsonable(x: Any) -> Any:
-    r"""A copy of ``x`` that ``json.dumps`` accepts: NaN/inf become None, tensors and numpy
-    values become lists or numbers, keys starting with ``_`` (figure data) are dropped."""
-    try:
-        import numpy as np
-        import torch
-    except ImportError:  # pragma: no cover
-        np = torch = None  # type: ignore[assignment]
-    if isinstance(x, Mapping):
-        return {str(k): to_jsonable(v) for k, v in x.items() if not str(k).startswith("_")}
-    if isinstance(x, (list, tuple)):
-        return [to_jsonable(v) for v in x]
-    if torch is not None and isinstance(x, torch.Tensor):
-        return to_jsonable(x.detach().cpu().tolist())
-    if np is not None and isinstance(x, np.ndarray):
-        return to_jsonable(x.tolist())
-    if np is not None and isinstance(x, np.generic):
-        return to_jsonable(x.item())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    return str(x)
 
 
 def _f(x: Any, digits: int = 3) -> str:
@@ -190,42 +167,24 @@ def _extra_sections(results: Mapping[str, Any], out: Path) -> list[str]:
     return md
 
 
-def write_report(
-    results: Mapping[str, Any],
-    out_dir: str | os.PathLike[str],
-    *,
-    title: str = "LNFMM evaluation",
-    figures: bool = True,
-) -> dict[str, Path]:
-    r"""Writes ``report.md``, ``results.json``, ``captions.json`` and the figures to ``out_dir``.
+_PAPER_SCALE = [
+    "## For scale: the paper's COCO numbers (not comparable: other data and model size)",
+    "",
+    "Oracle B-4 0.597, C 1.705; consensus B-4 0.318, C 1.055; Unique 97.0 %, Novel 4741, mBLEU-4 0.60, Div-1 0.37, "
+    "Div-2 0.51; text-to-image IS 12.10 (Inception), IvOM 0.430, LPIPS 0.481.",
+    "",
+]
 
-    Arguments:
-        results: ``{"captioning": evaluate_captioning(...), "text_to_image":
-            evaluate_text_to_image(...), "meta": {...}}``; each part optional. ``meta`` (free
-            facts: checkpoint, data, steps, machine) is listed at the top of the report.
-        out_dir: The output folder (created).
-        title: The report's title.
-        figures: Save the PNG figures (``captions.png``: images beside their best re-ranked
-            captions; ``text_to_image.png``: a grid of images per caption).
 
-    Returns:
-        ``{name: path}`` of the files written (``markdown``, ``json``, ``captions``,
-        ``captions_figure``, ``images_figure``).
+def _as_json(part: Any) -> dict[str, Any]:
+    r"""A part of the results as a JSON dict: a result's ``to_json()``, a mapping as it is, {} for None."""
+    if part is None:
+        return {}
+    return part.to_json() if isinstance(part, JsonResult) else dict(part)
 
-    Example:
-        >>> paths = write_report({"captioning": evaluate_captioning(model, data, limit=20)}, "report")
-        >>> json.loads(paths["json"].read_text())["captioning"]["oracle"]["CIDEr"]  # doctest: +SKIP
-    """
-    from flowkit.evaluation.plots import plot_captions, plot_image_grid
-    from flowkit.io import atomic_write_text
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
-    cap = results.get("captioning")
-    t2i = results.get("text_to_image")
-    meta = results.get("meta") or {}
-
+def _table_sections(title: str, meta: Mapping[str, Any], cap: Mapping[str, Any], t2i: Mapping[str, Any]) -> list[str]:
+    r"""The report's title, its ``meta`` facts and the Markdown of the captioning and text-to-image tables."""
     md = [f"# {title}", ""]
     if meta:
         md += [f"- **{k}**: {v}" for k, v in meta.items()] + [""]
@@ -235,33 +194,31 @@ def write_report(
             md += [cap["spice_note"], ""]
     if t2i:
         md += ["## Text-to-image (Table 6)", "", format_text_to_image_table(t2i), ""]
-    md += _extra_sections(results, out)
-    md += [
-        "## For scale: the paper's COCO numbers (not comparable: other data and model size)",
-        "",
-        "Oracle B-4 0.597, C 1.705; consensus B-4 0.318, C 1.055; Unique 97.0 %, Novel 4741, mBLEU-4 0.60, Div-1 0.37, "
-        "Div-2 0.51; text-to-image IS 12.10 (Inception), IvOM 0.430, LPIPS 0.481.",
-        "",
-    ]
+    return md
 
-    if figures and cap and cap.get("_figure") and cap["_figure"].get("images") is not None:
-        fig = cap["_figure"]
-        ids = [str(i) for i in fig["ids"]]
-        paths["captions_figure"] = plot_captions(
-            fig["images"],
-            [cap["ranked"][i] for i in ids],
-            out / "captions.png",
-            references=[cap["references"][i] for i in ids] if "references" in cap else None,
-            title=f"best {cap['best_n']} of {cap['num_samples']} sampled captions after consensus re-ranking",
-        )
-        md += ["## Figures", "", f"![sampled captions]({paths['captions_figure'].name})", ""]
-    if figures and t2i and t2i.get("_figure") is not None:
-        fig = t2i["_figure"]
-        paths["images_figure"] = plot_image_grid(fig["captions"], fig["images"], out / "text_to_image.png", title="text-to-image samples")
-        if "## Figures" not in md:
-            md += ["## Figures", ""]
-        md += [f"![text-to-image samples]({paths['images_figure'].name})", ""]
 
+def _figures(cap: Any, t2i: Any, out: Path) -> tuple[list[str], dict[str, Path]]:
+    r"""Draws the figures of typed results (plain dicts have none): the Markdown and ``{name: path}``."""
+    from flowkit.evaluation.captioning import CaptioningResult
+    from flowkit.evaluation.plots import plot_captioning_result, plot_text_to_image_result
+    from flowkit.evaluation.text_to_image import TextToImageResult
+
+    paths: dict[str, Path] = {}
+    md: list[str] = []
+    if isinstance(cap, CaptioningResult) and (path := plot_captioning_result(cap, out / "captions.png")) is not None:
+        paths["captions_figure"] = path
+        md += [f"![sampled captions]({path.name})", ""]
+    if isinstance(t2i, TextToImageResult) and (path := plot_text_to_image_result(t2i, out / "text_to_image.png")) is not None:
+        paths["images_figure"] = path
+        md += [f"![text-to-image samples]({path.name})", ""]
+    return (["## Figures", ""] + md if md else []), paths
+
+
+def _write_json(results: Mapping[str, Any], meta: Mapping[str, Any], cap: Mapping[str, Any], t2i: Mapping[str, Any], out: Path) -> dict[str, Path]:
+    r"""Writes ``results.json`` (``captions.json`` too, with the captions of ``cap``)."""
+    from flowkit.io import atomic_write_text
+
+    paths: dict[str, Path] = {}
     payload: dict[str, Any] = {"meta": meta}
     if cap:
         payload["captioning"] = {k: v for k, v in cap.items() if k not in ("samples", "ranked", "references")}
@@ -273,6 +230,52 @@ def write_report(
     payload.update({k: results[k] for k in ("probes", "frontier") if k in results})
     paths["json"] = out / "results.json"
     atomic_write_text(paths["json"], json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n")
+    return paths
+
+
+def write_report(
+    results: Mapping[str, Any],
+    out_dir: str | os.PathLike[str],
+    *,
+    title: str = "LNFMM evaluation",
+    figures: bool = True,
+) -> dict[str, Path]:
+    r"""Writes ``report.md``, ``results.json``, ``captions.json`` and the figures to ``out_dir``.
+
+    Arguments:
+        results: ``{"captioning": evaluate_captioning(...), "text_to_image":
+            evaluate_text_to_image(...), "meta": {...}}``; each part optional, a result or its
+            ``to_json()`` dict (which has no figures). ``meta`` (free facts: checkpoint, data,
+            steps, machine) is listed at the top of the report; ``probes`` and ``frontier``
+            get their own sections.
+        out_dir: The output folder (created).
+        title: The report's title.
+        figures: Save the PNG figures (``captions.png``: images beside their best re-ranked
+            captions; ``text_to_image.png``: a grid of images per caption).
+
+    Returns:
+        ``{name: path}`` of the files written (``markdown``, ``json``, ``captions``,
+        ``captions_figure``, ``images_figure``).
+
+    Example:
+        >>> import tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> paths = write_report({"meta": {"checkpoint": "runs/a"}}, out)
+        >>> sorted(paths), json.loads(paths["json"].read_text())
+        (['json', 'markdown'], {'meta': {'checkpoint': 'runs/a'}})
+    """
+    from flowkit.io import atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cap, t2i = _as_json(results.get("captioning")), _as_json(results.get("text_to_image"))
+    meta = results.get("meta") or {}
+    md = _table_sections(title, meta, cap, t2i) + _extra_sections(results, out) + _PAPER_SCALE
+    paths: dict[str, Path] = {}
+    if figures:
+        figure_md, paths = _figures(results.get("captioning"), results.get("text_to_image"), out)
+        md += figure_md
+    paths.update(_write_json(results, meta, cap, t2i, out))
     paths["markdown"] = out / "report.md"
     atomic_write_text(paths["markdown"], "\n".join(md))
     return paths
