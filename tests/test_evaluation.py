@@ -13,11 +13,31 @@ from flowkit.data import load_caption_data
 from flowkit.data.judges import ClassifierConfig, train_attribute_classifier
 from flowkit.data.shapes import ShapesCaptions, export_coco
 from flowkit.evaluation import (
+    CaptioningResult,
+    CaptionSamples,
+    ConsensusResult,
+    DiversityResult,
+    GroundTruthResult,
+    ImageDiversityResult,
+    ImageJudgeResult,
+    ImageSamples,
+    IvomResult,
+    OracleResult,
+    TextToImageResult,
+    consensus_table,
+    diversity_table,
     evaluate_captioning,
     evaluate_text_to_image,
     generate_captions,
+    ground_truth_table,
+    image_diversity_table,
+    image_judge_table,
+    ivom_table,
     load_model,
     load_run,
+    oracle_table,
+    sample_captioning,
+    sample_text_to_image,
     scenes_from_export,
     write_report,
 )
@@ -77,9 +97,14 @@ def test_evaluate_captioning_with_known_candidates(run, data):
     assert res["num_samples"] == 6 and res["num_images"] == len(refs)
 
 
-def test_evaluate_captioning_model_and_report(run, data, tmp_path):
-    model, _ = run
-    res = evaluate_captioning(model, data, num_samples=6, limit=3, k=5, m=10, progress=False, seed=0)
+@pytest.fixture(scope="module")
+def captioning(run, data):
+    r"""One evaluation of the tiny model, shared by the tests that read it."""
+    return evaluate_captioning(run[0], data, num_samples=6, limit=3, k=5, m=10, progress=False, seed=0)
+
+
+def test_evaluate_captioning_model_and_report(captioning, tmp_path):
+    res = captioning
     for table in ("oracle", "consensus"):
         assert {"Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"} <= set(res[table])
         assert all(v >= 0 and math.isfinite(v) for v in res[table].values())
@@ -117,6 +142,100 @@ def test_evaluate_text_to_image(run, data, judge, tmp_path):
     assert "Table 6" in paths["markdown"].read_text()
     assert json.loads(paths["json"].read_text())["text_to_image"]["num_samples"] == 3
     assert paths["images_figure"].read_bytes()[:4] == b"\x89PNG"
+
+
+def assert_plain_json(x) -> None:
+    r"""``x`` holds only plain JSON types (no tensors, numpy values or NaN) and dumps strictly."""
+    json.dumps(x, allow_nan=False)
+    if isinstance(x, dict):
+        assert all(isinstance(k, str) for k in x)
+        for v in x.values():
+            assert_plain_json(v)
+    elif isinstance(x, list):
+        for v in x:
+            assert_plain_json(v)
+    else:
+        assert x is None or type(x) in (str, int, float, bool), type(x)
+
+
+def test_caption_tables_one_at_a_time(run, data, captioning):
+    r"""Each table is a function of one set of samples; together they give what
+    evaluate_captioning gives for the same seed, and every result is plain JSON."""
+    model, _ = run
+    samples = sample_captioning(model, data, num_samples=6, limit=3, seed=0, progress=False)
+    assert isinstance(samples, CaptionSamples) and samples.image_ids == data.test.image_ids[:3]
+    assert samples.num_samples == 6 and all(len(v) == 6 for v in samples.candidates.values())
+    assert samples.references == {i: list(data.references["test"][i]) for i in samples.image_ids}
+    assert samples.pixels is not None and samples.pixels(samples.image_ids[0]).shape == (3, 64, 64)
+
+    oracle = oracle_table(samples)
+    assert isinstance(oracle, OracleResult) and oracle["CIDEr"] == oracle.scores["CIDEr"] >= 0
+    consensus = consensus_table(model, data, samples, k=5, m=10)
+    assert isinstance(consensus, ConsensusResult) and (consensus.k, consensus.m, consensus.features) == (5, 10, "shared")
+    assert all(sorted(consensus.ranked[i]) == sorted(samples.candidates[i]) for i in samples.image_ids)
+    assert consensus.top1 == {i: r[0] for i, r in consensus.ranked.items()}
+    diversity = diversity_table(consensus, data.train_captions, best_n=5)
+    assert isinstance(diversity, DiversityResult) and diversity.best_n == 5
+    assert diversity.ranked == consensus.best(5) and set(diversity) == {"unique", "novel", "mbleu4", "div1", "div2"}
+    truth = ground_truth_table(samples, consensus, data.scenes, best_n=5)
+    assert isinstance(truth, GroundTruthResult) and all(0 <= v <= 1 for v in truth.to_json().values())
+    assert list(truth) == ["accuracy", "coverage", "top1_accuracy", "best_n_accuracy", "best_n_coverage", "reference_coverage"]
+    for table in (oracle, consensus, diversity, truth):
+        assert_plain_json(table.to_json())
+    with pytest.raises(ValueError, match="no scenes"):
+        ground_truth_table(samples, consensus, {})
+    with pytest.raises(ValueError, match="rerank_features"):
+        consensus_table(model, data, samples, features="pixels")
+
+    res = captioning  # evaluate_captioning with the same settings and seed
+    assert isinstance(res, CaptioningResult) and res.samples.candidates == samples.candidates
+    assert (res["oracle"], res["consensus"], res["diversity"]) == (oracle.to_json(), consensus.to_json(), diversity.to_json())
+    assert res["ground_truth"] == truth.to_json() and res["ranked"] == {str(i): v for i, v in diversity.ranked.items()}
+    assert_plain_json(res.to_json())
+    assert dict(res) == res.to_json() and "ground_truth" in res and res.get("spice_note") is None
+    assert res.figure_ids == samples.image_ids  # 3 images < figure_images=6
+
+
+def test_text_to_image_tables_one_at_a_time(run, data, judge):
+    model, _ = run
+    samples = sample_text_to_image(model, data, num_captions=2, num_samples=3, progress=False)
+    assert isinstance(samples, ImageSamples) and samples.images.shape == (2, 3, 3, 64, 64) and samples.num_samples == 3
+    assert samples.source_image_ids == data.test.image_ids[:2] and samples.targets.shape == (2, 3, 64, 64)
+    judged = image_judge_table(samples, judge)
+    assert isinstance(judged, ImageJudgeResult) and 0 <= judged.caption_accuracy <= 1 and judged.reference_accuracy is not None
+    assert len(judged.free_attribute_spread_per_caption) == 2
+    ivom = ivom_table(model, samples, restarts=1, steps=2)
+    assert isinstance(ivom, IvomResult) and 0 <= ivom["ivom"] <= 1 and (ivom.restarts, ivom.steps) == (1, 2)
+    diversity = image_diversity_table(samples, lpips="off")
+    assert isinstance(diversity, ImageDiversityResult) and diversity.lpips is None and diversity["diversity"] == diversity.pixel_diversity
+    for table in (judged, ivom, diversity):
+        assert_plain_json(table.to_json())
+
+    res = evaluate_text_to_image(model, data, num_captions=2, num_samples=3, classifier=judge, ivom_restarts=1, ivom_steps=2, lpips="off", progress=False)
+    assert isinstance(res, TextToImageResult) and torch.equal(res.samples.images, samples.images)  # the same seed, the same samples
+    assert res["caption_accuracy"] == judged.caption_accuracy and res["ivom"] == ivom.mse and res["notes"] == []
+    assert_plain_json(res.to_json())
+
+    given = sample_text_to_image(model, data, captions=["a red circle", "a zebra"], num_samples=2, progress=False)
+    assert given.targets is None and given.split is None and given.source_image_ids == []
+    with pytest.raises(ValueError, match="held-out"):
+        ivom_table(model, given)
+    with pytest.raises(ValueError, match="shapes grammar"):
+        image_judge_table(given, judge)
+    with pytest.raises(ValueError, match="lpips"):
+        image_diversity_table(given, lpips="sometimes")
+
+
+def test_results_to_json_and_report_of_plain_dicts(captioning, tmp_path):
+    r"""NaN becomes None in ``to_json()``; write_report takes results or their JSON (no figures then)."""
+    assert OracleResult({"CIDEr": float("nan"), "Bleu_4": 0.5}).to_json() == {"CIDEr": None, "Bleu_4": 0.5}
+    assert ImageDiversityResult(0.25, None, "no LPIPS").to_json()["diversity"] == 0.25
+    res = captioning
+    a = write_report({"captioning": res}, tmp_path / "a")
+    b = write_report({"captioning": res.to_json()}, tmp_path / "b")
+    assert "captions_figure" in a and "captions_figure" not in b
+    strip = lambda p: {k: v for k, v in json.loads(p.read_text())["captioning"].items() if k not in ("timings", "seconds")}  # noqa: E731
+    assert strip(a["json"]) == strip(b["json"]) and a["captions"].read_text() == b["captions"].read_text()
 
 
 def test_ivom_improves_on_its_start_and_handles_ablations(run, data):
