@@ -414,9 +414,13 @@ class ConsensusResult(JsonResult):
 RERANK_FEATURES = ("auto", "shared", "raw")
 
 
-def _rerank_kind(data: Any, features: str) -> str:
+def _check_rerank(features: str) -> None:
     if features not in RERANK_FEATURES:
         raise ValueError(f"rerank_features must be 'auto', 'shared' or 'raw', got {features!r}")
+
+
+def _rerank_kind(data: Any, features: str) -> str:
+    _check_rerank(features)
     if features == "auto":
         return "raw" if getattr(data, "image_kind", "pixels") == "features" else "shared"
     return features
@@ -633,8 +637,7 @@ class CaptioningResult(JsonResult):
 def _check_captioning(split: str, rerank_features: str, best_n: int) -> int:
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-    if rerank_features not in RERANK_FEATURES:
-        raise ValueError(f"rerank_features must be 'auto', 'shared' or 'raw', got {rerank_features!r}")
+    _check_rerank(rerank_features)
     best_n = check_positive_int("best_n", best_n)
     if split == "train":
         raise ValueError("evaluate on 'val' or 'test': training images are the re-ranking's consensus set")

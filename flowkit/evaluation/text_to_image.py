@@ -440,6 +440,11 @@ class ImageDiversityResult(JsonResult):
 LPIPS_MODES = ("auto", "require", "off")
 
 
+def _check_lpips(lpips: str) -> None:
+    if lpips not in LPIPS_MODES:
+        raise ValueError(f"lpips must be 'auto', 'require' or 'off', got {lpips!r}")
+
+
 def image_diversity_table(samples: ImageSamples, lpips: str = "auto") -> ImageDiversityResult:
     r"""Table 6's diversity: LPIPS diversity (mean pairwise LPIPS between the samples of a
     caption) when ``lpips`` loads; otherwise :func:`flowkit.metrics.pixel_diversity` (root mean
@@ -457,8 +462,7 @@ def image_diversity_table(samples: ImageSamples, lpips: str = "auto") -> ImageDi
     """
     from flowkit.metrics import lpips_diversity, pixel_diversity
 
-    if lpips not in LPIPS_MODES:
-        raise ValueError(f"lpips must be 'auto', 'require' or 'off', got {lpips!r}")
+    _check_lpips(lpips)
     pixels = pixel_diversity(samples.images)
     if lpips == "off":
         return ImageDiversityResult(pixels, None)
@@ -518,8 +522,7 @@ class TextToImageResult(JsonResult):
 
 def _check_text_to_image(model: nn.Module, lpips: str, num_samples: int) -> None:
     _needs_pixels(model)
-    if lpips not in LPIPS_MODES:
-        raise ValueError(f"lpips must be 'auto', 'require' or 'off', got {lpips!r}")
+    _check_lpips(lpips)
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 (diversity compares samples), got {num_samples}")
 
