@@ -288,6 +288,9 @@ def caption_samples(
         temperature: Recorded as the sampling temperature.
         method: Recorded as the decoding method.
 
+    Returns:
+        A :class:`CaptionSamples`.
+
     Example:
         >>> from flowkit.data import load_caption_data
         >>> data = load_caption_data("shapes", sizes={"train": 2, "val": 1, "test": 1})
@@ -332,6 +335,9 @@ def sample_captioning(
         seed: Seed of the sampling (None: the global RNG).
         progress: Show a progress bar.
 
+    Returns:
+        A :class:`CaptionSamples` with ``num_samples`` captions per image.
+
     .. code-block:: python
 
         samples = sample_captioning(model, data, num_samples=100, limit=50)
@@ -368,6 +374,9 @@ def oracle_table(samples: CaptionSamples, progress: bool = False) -> OracleResul
     Arguments:
         samples: The sampled captions and their references.
         progress: Show progress bars.
+
+    Returns:
+        An :class:`OracleResult`.
 
     .. code-block:: python
 
@@ -466,6 +475,9 @@ def consensus_table(
             data, shared codes for pixels.
         progress: Show progress bars.
 
+    Returns:
+        A :class:`ConsensusResult` (with every image's candidates ranked).
+
     .. code-block:: python
 
         consensus = consensus_table(model, data, sample_captioning(model, data, limit=50), k=60, m=125)
@@ -518,6 +530,9 @@ def diversity_table(consensus: ConsensusResult, train_captions: Any = None, best
         train_captions: The training captions, for ``novel`` (e.g. ``data.train_captions``).
         best_n: Captions kept per image (the paper: 5).
 
+    Returns:
+        A :class:`DiversityResult` (with the best ``best_n`` of each image).
+
     Example:
         >>> ranked = {1: ["a red circle", "a blue star", "a red circle"]}
         >>> consensus = ConsensusResult({}, ranked, k=1, m=1, features="raw", features_description="")
@@ -563,6 +578,9 @@ def ground_truth_table(samples: CaptionSamples, consensus: ConsensusResult, scen
         consensus: Their re-ranking (:func:`consensus_table`).
         scenes: ``{image_id: Scene}`` holding every sampled image (e.g. ``data.scenes``).
         best_n: Captions per image of ``best_n_accuracy`` and ``best_n_coverage``.
+
+    Returns:
+        A :class:`GroundTruthResult`.
 
     .. code-block:: python
 

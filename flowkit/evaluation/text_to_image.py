@@ -268,6 +268,9 @@ def sample_text_to_image(
         seed: Seed of the sampling.
         progress: Show a progress bar.
 
+    Returns:
+        An :class:`ImageSamples` with ``num_samples`` images per caption.
+
     .. code-block:: python
 
         samples = sample_text_to_image(model, data, num_captions=20, num_samples=16)
@@ -340,6 +343,9 @@ def image_judge_table(samples: ImageSamples, classifier: Any = None, is_splits: 
         is_splits: Chunks of the Inception score (capped at the number of images).
         progress: Show progress while the default classifier is trained.
 
+    Returns:
+        An :class:`ImageJudgeResult`.
+
     .. code-block:: python
 
         judged = image_judge_table(sample_text_to_image(model, data))
@@ -399,6 +405,9 @@ def ivom_table(
         seed: Seed of the restarts.
         progress: Show a progress bar.
 
+    Returns:
+        An :class:`IvomResult`.
+
     .. code-block:: python
 
         ivom_table(model, sample_text_to_image(model, data), restarts=3, steps=100).mse
@@ -454,6 +463,9 @@ def image_diversity_table(samples: ImageSamples, lpips: str = "auto") -> ImageDi
     Arguments:
         samples: The generated images, at least 2 per caption.
         lpips: ``"auto"`` (LPIPS when it loads), ``"require"`` (fail without it) or ``"off"``.
+
+    Returns:
+        An :class:`ImageDiversityResult`.
 
     Example:
         >>> s = ImageSamples(["a red circle"], torch.zeros(1, 2, 3, 8, 8), torch.zeros(1, 5, dtype=torch.long))
