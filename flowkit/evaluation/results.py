@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -72,9 +73,9 @@ class JsonResult(Mapping[str, Any]):
         (True, {'value': 0.5})
     """
 
+    @abstractmethod
     def to_json(self) -> dict[str, Any]:
         r"""The result in plain JSON types (``json.dumps(..., allow_nan=False)`` accepts it)."""
-        raise NotImplementedError
 
     def __getitem__(self, key: str) -> Any:
         return self.to_json()[key]
