@@ -96,7 +96,7 @@ def test_text_to_image_recipes():
     r, b = text_to_image_recipe(), text_to_image_baseline()
     assert r.image_input == b.image_input == "pixels" and (r.steps, r.batch_size) == (b.steps, b.batch_size)
     c = r.config
-    assert (c.image_encoder, c.image_encoder_init, c.freeze_image_trunk, c.shared_norm) == ("cells", "shapes-trunk", True, "batch")
+    assert (c.image_encoder, c.image_encoder_init, c.freeze_image_trunk, c.shared_norm) == ("cells", "shapes-trunk", True, "batch-all")
     assert c.lambda_cross_v > 0 and c.lambda_rec_v == 0 and c.image_perceptual > 0 and c.image_specific_dim > 0
     assert b.config.image_specific_dim == 0 and b.config.replace(image_specific_dim=c.image_specific_dim, notes=c.notes) == c
     model = LNFMM(b.config.replace(**{**TINY, "image_specific_dim": 0}))
