@@ -212,9 +212,15 @@ def write_report(
         ``{name: path}`` of the files written (``markdown``, ``json``, ``captions``,
         ``captions_figure``, ``images_figure``).
 
-    Example:
-        >>> paths = write_report({"captioning": evaluate_captioning(model, data, limit=20)}, "report")
-        >>> json.loads(paths["json"].read_text())["captioning"]["oracle"]["CIDEr"]  # doctest: +SKIP
+    Example (usually ``write_report({"captioning": evaluate_captioning(model, data)}, out)``;
+    here a frontier part, which needs no model):
+        >>> import tempfile
+        >>> frontier = [{"label": "T=1", "accuracy": 0.75, "coverage": 0.2, "distinct": 3.5}]
+        >>> paths = write_report({"meta": {"steps": 3}, "frontier": frontier}, tempfile.mkdtemp())
+        >>> sorted(paths), json.loads(paths["json"].read_text())
+        (['json', 'markdown'], {'meta': {'steps': 3}, 'frontier': [{'label': 'T=1', 'accuracy': 0.75, 'coverage': 0.2, 'distinct': 3.5}]})
+        >>> "| T=1 | 0.750 | 0.2000 | 3.5 |" in paths["markdown"].read_text()
+        True
     """
     from flowkit.evaluation.plots import plot_captions, plot_image_grid
     from flowkit.io import atomic_write_text

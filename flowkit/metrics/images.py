@@ -286,9 +286,11 @@ def lpips_diversity(
         device: Where to run the network; default the samples' device.
         batch_size: Image pairs per network call.
 
-    Example (skipped in doctests: LPIPS needs torchvision and downloads its backbone weights):
-        >>> lpips_diversity(torch.rand(2, 4, 3, 64, 64))  # doctest: +SKIP
-        0.4...
+    Example (not run as a doctest: LPIPS needs torchvision and downloads its backbone weights):
+
+    .. code-block:: python
+
+        lpips_diversity(torch.rand(2, 4, 3, 64, 64))  # 0.4...
     """
     x = _check_samples(samples_per_caption)
     if x.dim() != 5 or x.shape[2] != 3:
