@@ -380,7 +380,12 @@ def export_coco(
 
 
 def _export_settings(
-    splits: Sequence[str], sizes: Mapping[str, int], seed: int, captions_per_image: int, p_two: float, features: Callable[[Tensor], Tensor] | None
+    splits: Sequence[str],
+    sizes: Mapping[str, int],
+    seed: int,
+    captions_per_image: int,
+    p_two: float,
+    features: Callable[[Tensor], Tensor] | None,
 ) -> dict[str, Any]:
     r"""The settings of an export (checked), as its marker file records them."""
     for s in splits:

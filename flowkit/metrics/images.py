@@ -161,9 +161,13 @@ def ivom(
     targets = torch.as_tensor(target_images)
     restarts = _check_ivom_arguments(targets, context, restarts, steps, value_range)
     inits = _ivom_starts(init_codes, latent_dim, restarts, targets.shape[0], init_std, seed)
-    best = _BestReconstructions(targets.shape[0], inits[0].shape[-1], targets.dtype if targets.is_floating_point() else torch.float32)
+    dtype = targets.dtype if targets.is_floating_point() else torch.float32
+    best = _BestReconstructions(targets.shape[0], inits[0].shape[-1], dtype)
     with _eval_mode(generator):
-        _ivom_batches(generator, code_fn, targets, context, inits, best, steps=steps, lr=lr, value_range=value_range, batch_size=batch_size, progress=progress)
+        _ivom_batches(
+            generator, code_fn, targets, context, inits, best,
+            steps=steps, lr=lr, value_range=value_range, batch_size=batch_size, progress=progress,
+        )
     return best.result()
 
 
