@@ -3,9 +3,16 @@ r"""The ``flowkit`` command line: ``flowkit train | caption | synthesize | evalu
 Subcommands are discovered from :data:`flowkit.commands.COMMANDS`: each listed module of
 :mod:`flowkit.commands` exposes ``add_parser(subparsers)`` and ``run(args) -> int``.
 
-Example:
+Example (a tiny run, then captions of its test image):
+    >>> import tempfile
     >>> from flowkit.cli import main
-    >>> main(["train", "--data", "shapes", "--preset", "small", "--steps", "10", "--out", "runs/a"])
+    >>> run = tempfile.mkdtemp()
+    >>> tiny = ["image_encoder_init=random", "freeze_image_trunk=false", "shared_dim=8", "fs_layers=1", "fv_layers=1", "ft_layers=1"]
+    >>> main(["train", "--sizes", "train=2,val=1,test=1", "--steps", "1", "--batch-size", "4", "--no-progress", "--out", run, "--set", *tiny])  # doctest: +ELLIPSIS
+    saved .../checkpoint.pt at step 1 (...)
+    0
+    >>> main(["caption", "--checkpoint", run, "--num-samples", "2", "--show", "0", "--no-progress"])  # doctest: +ELLIPSIS
+    wrote 1 images x 2 captions to .../captions_test.json
     0
 """
 

@@ -1,12 +1,9 @@
-"""Shared test settings: few threads (CI has 2 cores), float64 where exactness matters, and a
-hypothesis profile that keeps the whole suite under a few minutes."""
+"""Shared test settings: a hypothesis profile that keeps the whole suite under a few minutes
+(the thread count is set in the root conftest.py, for the docstring examples too)."""
 
 import os
 
-import torch
 from hypothesis import HealthCheck, settings
-
-torch.set_num_threads(int(os.environ.get("FLOWKIT_TEST_THREADS", "2")))
 
 settings.register_profile(
     "ci",

@@ -1,4 +1,5 @@
 """The layer diagram of docs/dev/ARCHITECTURE.md holds: no import in flowkit/ points up it.
+And no function in flowkit/ is longer than MAX_FUNCTION_LINES.
 
 Every import is collected with ``ast``, also those inside functions and under ``TYPE_CHECKING``,
 relative ones, and ``importlib.import_module("flowkit...")`` with a literal name.
@@ -176,3 +177,72 @@ def test_the_minimum_rule(low: str) -> None:
         if part_of(module) == low and any(target == t or target.startswith(t + ".") for t in NEVER[low])
     ]
     assert not wrong, wrong
+
+
+# -- function length ------------------------------------------------------------------------
+#: The longest a function (or method) may be, from its ``def`` line to its last line, docstring
+#: included. Split a longer one into named helpers.
+MAX_FUNCTION_LINES = 80
+
+# Functions allowed to be longer for now, as "path::qualified name". An entry must name why; a
+# stale one (the function is gone or short enough) fails below.
+LONG_FUNCTIONS_ALLOWED: frozenset[str] = frozenset()
+
+
+def function_lengths(source: str) -> Iterator[tuple[str, int, int]]:
+    r"""``(qualified name, def line, lines)`` of every function and method in ``source``, nested
+    ones too (``outer.inner``, ``Class.method``); lines run from ``def`` to the last line."""
+
+    def walk(node: ast.AST, prefix: str) -> Iterator[tuple[str, int, int]]:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = prefix + child.name
+                if not isinstance(child, ast.ClassDef):
+                    yield name, child.lineno, child.end_lineno - child.lineno + 1  # type: ignore[operator]
+                yield from walk(child, name + ".")
+            else:
+                yield from walk(child, prefix)
+
+    yield from walk(ast.parse(source), "")
+
+
+def long_functions() -> dict[str, str]:
+    r"""``{"path::name": "path:line name (N lines)"}`` of the functions over the limit."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).as_posix()
+        for name, line, length in function_lengths(path.read_text()):
+            if length > MAX_FUNCTION_LINES:
+                out[f"{rel}::{name}"] = f"{rel}:{line} {name} ({length} lines)"
+    return out
+
+
+def test_the_length_walker_measures_every_function() -> None:
+    source = (
+        "def short():\n"
+        "    return 1\n"
+        "class A:\n"
+        "    async def method(self):\n"
+        "        def inner():\n"
+        "            pass\n"
+        "        return inner\n"
+        "if True:\n"
+        "    def hidden(): pass\n"
+    )
+    assert sorted(function_lengths(source)) == [
+        ("A.method", 4, 4),
+        ("A.method.inner", 5, 2),
+        ("hidden", 9, 1),
+        ("short", 1, 2),
+    ]
+
+
+def test_no_function_is_longer_than_the_limit() -> None:
+    found = long_functions()
+    wrong = sorted(v for k, v in found.items() if k not in LONG_FUNCTIONS_ALLOWED)
+    assert not wrong, f"functions longer than {MAX_FUNCTION_LINES} lines (split them into named helpers):\n" + "\n".join(wrong)
+
+
+def test_the_allowed_long_functions_are_still_long() -> None:
+    stale = sorted(LONG_FUNCTIONS_ALLOWED - set(long_functions()))
+    assert not stale, f"remove these from LONG_FUNCTIONS_ALLOWED, they are no longer over {MAX_FUNCTION_LINES} lines: {stale}"

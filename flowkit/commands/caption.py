@@ -1,9 +1,20 @@
 r"""``flowkit caption``: sample diverse captions for images with a trained LNFMM.
 
-Example:
+Example (a tiny run, trained for one step):
+    >>> import tempfile
     >>> from flowkit.cli import main
-    >>> main(["caption", "--checkpoint", "runs/small", "--limit", "3", "--num-samples", "10"])
+    >>> run = tempfile.mkdtemp()
+    >>> tiny = ["image_encoder_init=random", "freeze_image_trunk=false", "shared_dim=8", "fs_layers=1", "fv_layers=1", "ft_layers=1"]
+    >>> main(["train", "--sizes", "train=2,val=1,test=1", "--steps", "1", "--batch-size", "4", "--no-progress", "--out", run, "--set", *tiny])  # doctest: +ELLIPSIS
+    saved .../checkpoint.pt at step 1 (...)
     0
+    >>> main(["caption", "--checkpoint", run, "--num-samples", "3", "--show", "1", "--no-progress", "--out", run + "/caps.json"])  # doctest: +ELLIPSIS
+    image ... distinct of 3)  reference: ...
+    wrote 1 images x 3 captions to .../caps.json
+    0
+    >>> import json
+    >>> [len(caps) for caps in json.load(open(run + "/caps.json")).values()]
+    [3]
 """
 
 from __future__ import annotations

@@ -1,10 +1,15 @@
 r"""``flowkit evaluate``: the paper's evaluation of a trained LNFMM, as a Markdown + JSON report
 with figures.
 
-Example:
-    >>> from flowkit.cli import main
-    >>> main(["evaluate", "--checkpoint", "runs/small", "--limit", "50", "--out", "runs/small/report"])
-    0
+Example (not run as a doctest: it needs a trained run, and the caption metrics' Java tools and
+the text-to-image judge take minutes; ``tests/test_cli_eval.py`` runs it on a tiny run):
+
+.. code-block:: python
+
+    from flowkit.cli import main
+
+    main(["train", "--data", "shapes", "--preset", "small", "--out", "runs/small"])
+    main(["evaluate", "--checkpoint", "runs/small", "--limit", "50", "--out", "runs/small/report"])  # 0
 """
 
 from __future__ import annotations

@@ -1,9 +1,19 @@
 r"""``flowkit synthesize``: diverse images for a caption with a trained LNFMM (text-to-image).
 
-Example:
+Example (a tiny run, trained for one step):
+    >>> import tempfile
     >>> from flowkit.cli import main
-    >>> main(["synthesize", "--checkpoint", "runs/small", "--caption", "a red circle", "--out", "grid.png"])
+    >>> run = tempfile.mkdtemp()
+    >>> tiny = ["image_encoder_init=random", "freeze_image_trunk=false", "shared_dim=8", "fs_layers=1", "fv_layers=1", "ft_layers=1"]
+    >>> main(["train", "--sizes", "train=2,val=1,test=1", "--steps", "1", "--batch-size", "4", "--no-progress", "--out", run, "--set", *tiny])  # doctest: +ELLIPSIS
+    saved .../checkpoint.pt at step 1 (...)
     0
+    >>> main(["synthesize", "--checkpoint", run, "--caption", "a red circle", "--num-samples", "2", "--out", run + "/grid.png", "--save-tensor", run + "/images.pt"])  # doctest: +ELLIPSIS
+    wrote 1 x 2 images to .../grid.png
+    wrote the images tensor (1, 2, 3, 64, 64) to .../images.pt
+    0
+    >>> open(run + "/grid.png", "rb").read(4) == b"\x89PNG"
+    True
 """
 
 from __future__ import annotations

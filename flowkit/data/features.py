@@ -87,11 +87,13 @@ def shapes_trunk_features(seed: int = SHAPES_TRUNK_SEED, train_size: int = 3000,
     Returns a function from ``(B, 3, 64, 64)`` images in [0, 1] to ``(B, 576)`` features
     (64 per grid cell); its ``key`` attribute identifies the weights (it names cached files).
 
-    Example (skipped in doctests: it trains the trunk, about 20 s, and caches it under
-    ``$FLOWKIT_CACHE``, outside a test's reach):
-        >>> extract = shapes_trunk_features()  # doctest: +SKIP
-        >>> extract(torch.rand(2, 3, 64, 64)).shape  # doctest: +SKIP
-        torch.Size([2, 576])
+    Example (not run as a doctest: it trains the trunk, about 20 s, and caches it under
+    ``$FLOWKIT_CACHE``):
+
+    .. code-block:: python
+
+        extract = shapes_trunk_features()
+        extract(torch.rand(2, 3, 64, 64)).shape  # torch.Size([2, 576])
     """
     return _TrunkFeatures(shapes_trunk(seed, train_size, progress=progress))
 

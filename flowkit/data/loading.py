@@ -158,6 +158,43 @@ def _records_from_shapes(sizes: Mapping[str, int], seed: int) -> tuple[dict[str,
     return splits, np.concatenate(pixels), rows, scenes
 
 
+def _coco_records(
+    root: str | os.PathLike[str] | None,
+    split_scheme: str,
+    split_files: Mapping[str, str | os.PathLike[str]] | None,
+    image_size: int,
+    preload: bool | None,
+    progress: bool,
+    *,
+    pixels: bool,
+) -> tuple[dict[str, list[ImageRecord]], _Images]:
+    r"""The splits of a COCO-format folder and their image files. With ``pixels`` (no features
+    file replaces the images) the files are checked, and read into memory when ``preload`` says
+    so (None: when they fit in 2 GiB)."""
+    if root is None:
+        raise DataError("source='coco' needs root= a COCO-format folder (e.g. one written by flowkit.data.shapes.export_coco(root))")
+    splits = read_splits(root, split_scheme, split_files)
+    images = _Images(paths={r.image_id: r.path for s in _SPLITS for r in splits[s] if r.path is not None}, image_size=image_size)
+    if not pixels:
+        return splits, images
+    _check_image_files(splits)
+    n = sum(len(v) for v in splits.values())
+    if preload if preload is not None else n * image_size * image_size * 3 <= 2 << 30:
+        ids = [r.image_id for s in _SPLITS for r in splits[s]]
+        arr = np.stack([load_image(images.paths[i], image_size) for i in tqdm(ids, desc="images", disable=not progress)]) if ids else np.zeros((0, image_size, image_size, 3), np.uint8)
+        images = _Images(pixels=arr, rows={i: k for k, i in enumerate(ids)})
+    return splits, images
+
+
+def _feature_images(
+    features: str | os.PathLike[str], splits: Mapping[str, list[ImageRecord]], feature_dim: int | None
+) -> tuple[_Images, tuple[int, ...], str]:
+    r"""The images of ``splits`` as rows of a features file: the source, its image shape and kind."""
+    needed = [r.image_id for s in _SPLITS for r in splits[s]]
+    rows, feats = load_features(features, required_ids=needed, expected_dim=feature_dim)
+    return _Images(features=feats, rows=rows), (feats.shape[1],), "features"
+
+
 def load_caption_data(
     source: str = "shapes",
     *,
@@ -215,24 +252,9 @@ def load_caption_data(
         splits, pixels, rows, scenes = _records_from_shapes(sizes or {}, seed)
         images = _Images(pixels=pixels, rows=rows)
     else:
-        if root is None:
-            raise DataError("source='coco' needs root= a COCO-format folder (e.g. one written by flowkit.data.shapes.export_coco(root))")
-        splits = read_splits(root, split_scheme, split_files)
-        images = _Images(paths={r.image_id: r.path for s in _SPLITS for r in splits[s] if r.path is not None}, image_size=image_size)
-        if features is None:
-            _check_image_files(splits)
-            n = sum(len(v) for v in splits.values())
-            if preload if preload is not None else n * image_size * image_size * 3 <= 2 << 30:
-                ids = [r.image_id for s in _SPLITS for r in splits[s]]
-                arr = np.stack([load_image(images.paths[i], image_size) for i in tqdm(ids, desc="images", disable=not progress)]) if ids else np.zeros((0, image_size, image_size, 3), np.uint8)
-                images = _Images(pixels=arr, rows={i: k for k, i in enumerate(ids)})
-
+        splits, images = _coco_records(root, split_scheme, split_files, image_size, preload, progress, pixels=features is None)
     if features is not None:
-        needed = [r.image_id for s in _SPLITS for r in splits[s]]
-        rows_f, feats = load_features(features, required_ids=needed, expected_dim=feature_dim)
-        images = _Images(features=feats, rows=rows_f)
-        image_shape: tuple[int, ...] = (feats.shape[1],)
-        kind = "features"
+        images, image_shape, kind = _feature_images(features, splits, feature_dim)
     else:
         image_shape, kind = (3, image_size, image_size), "pixels"
 

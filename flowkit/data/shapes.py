@@ -358,13 +358,42 @@ def export_coco(
         ['captions_test.json', 'captions_train.json', 'captions_val.json']
     """
     root = Path(root)
-    sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
+    settings = _export_settings(splits, dict(DEFAULT_SIZES if sizes is None else sizes), seed, captions_per_image, p_two, features)
+    marker = root / _MARKER
+    if _export_is_current(marker, settings):
+        return root
+    karpathy: list[dict[str, Any]] = []
+    all_ids: list[int] = []
+    all_feats: list[np.ndarray] = []
+    sent_id = 0
+    for split in splits:
+        ds = ShapesCaptions(split, settings["sizes"][split], seed, captions_per_image, p_two, progress=progress)
+        sent_id = _export_split(root, ds, seed, karpathy, sent_id, progress)
+        if features is not None and len(ds):
+            all_feats += _image_features(ds.pixels, features)
+            all_ids.extend(ds.image_ids)
+    atomic_write_json(root / "dataset_coco.json", {"dataset": "coco", "images": karpathy}, durable=False)
+    if features is not None:
+        _write_features(root / "features.npz", all_ids, all_feats)
+    atomic_write_json(marker, settings, durable=False)
+    return root
+
+
+def _export_settings(
+    splits: Sequence[str],
+    sizes: Mapping[str, int],
+    seed: int,
+    captions_per_image: int,
+    p_two: float,
+    features: Callable[[Tensor], Tensor] | None,
+) -> dict[str, Any]:
+    r"""The settings of an export (checked), as its marker file records them."""
     for s in splits:
         if s not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {s!r}")
         if s not in sizes:
             raise ValueError(f"sizes has no entry for split {s!r}: {sizes}")
-    settings = {
+    return {
         "format": "flowkit.shapes.coco/1",
         "splits": list(splits),
         "sizes": {s: int(sizes[s]) for s in splits},
@@ -373,63 +402,72 @@ def export_coco(
         "p_two": float(p_two),
         "features": features is not None,
     }
-    marker = root / _MARKER
-    if marker.is_file():
-        with contextlib.suppress(json.JSONDecodeError):  # a damaged marker: export again
-            if json.loads(marker.read_text()) == settings:
-                return root
-        marker.unlink()
 
-    karpathy: list[dict[str, Any]] = []
-    all_ids: list[int] = []
-    all_feats: list[np.ndarray] = []
-    sent_id = 0
-    for split in splits:
-        ds = ShapesCaptions(split, sizes[split], seed, captions_per_image, p_two, progress=progress)
-        images, annotations = [], []
-        for i in tqdm(range(len(ds)), desc=f"export {split}", disable=not progress):
-            iid, fname = ds.image_ids[i], f"{ds.image_ids[i]:012d}.png"
-            atomic_write_bytes(root / "images" / split / fname, _png_bytes(ds.pixels[i]), durable=False)
-            images.append({"id": iid, "file_name": fname, "width": IMAGE_SIZE, "height": IMAGE_SIZE, "license": 1})
-            sentences = []
-            for cap in ds.captions[i]:
-                sent_id += 1
-                annotations.append({"id": sent_id, "image_id": iid, "caption": cap})
-                sentences.append({"raw": cap, "tokens": tokenize(cap), "imgid": len(karpathy), "sentid": sent_id})
-            karpathy.append(
-                {
-                    "split": split,
-                    "filepath": f"images/{split}",
-                    "filename": fname,
-                    "imgid": len(karpathy),
-                    "cocoid": iid,
-                    "sentids": [s["sentid"] for s in sentences],
-                    "sentences": sentences,
-                }
-            )
-        coco = {
-            "info": {"description": f"flowkit shapes ({split}, seed {seed})", "version": "1.0", "year": 2024},
-            "licenses": [{"id": 1, "name": "MIT", "url": "https://opensource.org/licenses/MIT"}],
-            "images": images,
-            "annotations": annotations,
-        }
-        atomic_write_json(root / "annotations" / f"captions_{split}.json", coco, durable=False)
-        atomic_write_bytes(root / f"{split}_ids.txt", "".join(f"{i}\n" for i in ds.image_ids).encode(), durable=False)
-        if features is not None and len(ds):
-            with torch.no_grad():
-                for b0 in range(0, len(ds), 256):
-                    x = torch.from_numpy(ds.pixels[b0 : b0 + 256]).permute(0, 3, 1, 2).float().div(255)
-                    all_feats.append(np.asarray(features(x).detach().cpu().numpy(), np.float32))
-            all_ids.extend(ds.image_ids)
-    atomic_write_json(root / "dataset_coco.json", {"dataset": "coco", "images": karpathy}, durable=False)
-    if features is not None:
-        import io
 
-        buf = io.BytesIO()
-        np.savez(buf, ids=np.asarray(all_ids, np.int64), features=np.concatenate(all_feats) if all_feats else np.zeros((0, 0), np.float32))
-        atomic_write_bytes(root / "features.npz", buf.getvalue(), durable=False)
-    atomic_write_json(marker, settings, durable=False)
-    return root
+def _export_is_current(marker: Path, settings: Mapping[str, Any]) -> bool:
+    r"""Whether the export's marker records ``settings``; a marker of other (or damaged) settings is removed."""
+    if not marker.is_file():
+        return False
+    with contextlib.suppress(json.JSONDecodeError):  # a damaged marker: export again
+        if json.loads(marker.read_text()) == settings:
+            return True
+    marker.unlink()
+    return False
+
+
+def _export_split(root: Path, ds: ShapesCaptions, seed: int, karpathy: list[dict[str, Any]], sent_id: int, progress: bool) -> int:
+    r"""Writes a split's PNGs, COCO captions file and id list, appends its images to the
+    Karpathy list ``karpathy``; returns the last sentence id used (ids run on over the splits)."""
+    split = ds.split
+    images, annotations = [], []
+    for i in tqdm(range(len(ds)), desc=f"export {split}", disable=not progress):
+        iid, fname = ds.image_ids[i], f"{ds.image_ids[i]:012d}.png"
+        atomic_write_bytes(root / "images" / split / fname, _png_bytes(ds.pixels[i]), durable=False)
+        images.append({"id": iid, "file_name": fname, "width": IMAGE_SIZE, "height": IMAGE_SIZE, "license": 1})
+        sentences = []
+        for cap in ds.captions[i]:
+            sent_id += 1
+            annotations.append({"id": sent_id, "image_id": iid, "caption": cap})
+            sentences.append({"raw": cap, "tokens": tokenize(cap), "imgid": len(karpathy), "sentid": sent_id})
+        karpathy.append(
+            {
+                "split": split,
+                "filepath": f"images/{split}",
+                "filename": fname,
+                "imgid": len(karpathy),
+                "cocoid": iid,
+                "sentids": [s["sentid"] for s in sentences],
+                "sentences": sentences,
+            }
+        )
+    coco = {
+        "info": {"description": f"flowkit shapes ({split}, seed {seed})", "version": "1.0", "year": 2024},
+        "licenses": [{"id": 1, "name": "MIT", "url": "https://opensource.org/licenses/MIT"}],
+        "images": images,
+        "annotations": annotations,
+    }
+    atomic_write_json(root / "annotations" / f"captions_{split}.json", coco, durable=False)
+    atomic_write_bytes(root / f"{split}_ids.txt", "".join(f"{i}\n" for i in ds.image_ids).encode(), durable=False)
+    return sent_id
+
+
+@torch.no_grad()
+def _image_features(pixels: np.ndarray, features: Callable[[Tensor], Tensor]) -> list[np.ndarray]:
+    r"""``features`` of uint8 ``(N, 64, 64, 3)`` pixels, in float32 blocks of 256 images."""
+    blocks = []
+    for b0 in range(0, len(pixels), 256):
+        x = torch.from_numpy(pixels[b0 : b0 + 256]).permute(0, 3, 1, 2).float().div(255)
+        blocks.append(np.asarray(features(x).detach().cpu().numpy(), np.float32))
+    return blocks
+
+
+def _write_features(path: Path, ids: list[int], blocks: list[np.ndarray]) -> None:
+    r"""Writes ``features.npz``: arrays ``ids`` (int64) and ``features`` (the blocks stacked)."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, ids=np.asarray(ids, np.int64), features=np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32))
+    atomic_write_bytes(path, buf.getvalue(), durable=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -137,7 +137,15 @@ def load_model(checkpoint: str | os.PathLike[str], device: str | torch.device = 
         flowkit.io.CheckpointError: The file is not a valid flowkit checkpoint.
 
     Example:
-        >>> model, ckpt = load_model("runs/small")
+        >>> import tempfile
+        >>> from flowkit.recipes import train_run
+        >>> tiny = dict(image_encoder_init="random", freeze_image_trunk=False, shared_dim=8, fs_layers=1, fv_layers=1, ft_layers=1)
+        >>> run = tempfile.mkdtemp()
+        >>> train_run(run, overrides=tiny, data=dict(sizes={"train": 2, "val": 1, "test": 1}), settings=dict(steps=1, batch_size=4, progress=False)).step
+        1
+        >>> model, ckpt = load_model(run)
+        >>> type(model).__name__, model.training, ckpt["step"]
+        ('LNFMM', False, 1)
     """
     from flowkit.models import LNFMM, LNFMMConfig
 
@@ -191,7 +199,15 @@ def load_run(
         ``(model, data, checkpoint dict)``.
 
     Example:
-        >>> model, data, ckpt = load_run("runs/small")
+        >>> import tempfile
+        >>> from flowkit.recipes import train_run
+        >>> tiny = dict(image_encoder_init="random", freeze_image_trunk=False, shared_dim=8, fs_layers=1, fv_layers=1, ft_layers=1)
+        >>> run = tempfile.mkdtemp()
+        >>> train_run(run, overrides=tiny, data=dict(sizes={"train": 2, "val": 1, "test": 1}), settings=dict(steps=1, batch_size=4, progress=False)).step
+        1
+        >>> model, data, ckpt = load_run(run)
+        >>> ckpt["_data_options"]["sizes"], len(data.vocab) == model.config.vocab_size
+        ({'train': 2, 'val': 1, 'test': 1}, True)
     """
     from flowkit.data import Vocabulary
 

@@ -119,9 +119,13 @@ def generate_captions(
         ``{image_id: [caption, ...]}`` with ``num_samples`` captions each.
 
     Example:
-        >>> caps = generate_captions(model, data.test, data.vocab, num_samples=5, limit=2)
-        >>> [len(v) for v in caps.values()]
-        [5, 5]
+        >>> from flowkit.data import load_caption_data
+        >>> from flowkit.models import LNFMM, LNFMMConfig
+        >>> data = load_caption_data("shapes", sizes={"train": 4, "val": 2, "test": 2})
+        >>> model = LNFMM(LNFMMConfig.small(vocab_size=len(data.vocab), image_encoder_init="random", freeze_image_trunk=False))  # untrained
+        >>> caps = generate_captions(model, data.test, data.vocab, num_samples=5, limit=2, progress=False)
+        >>> [len(v) for v in caps.values()], caps == generate_captions(model, data.test, data.vocab, num_samples=5, limit=2, progress=False)
+        ([5, 5], True)
     """
     from flowkit.models import ids_to_strings
 
@@ -712,8 +716,12 @@ def evaluate_captioning(
         ``consensus``, ``diversity``, ``ground_truth`` (shapes), ``samples`` (all candidates),
         ``ranked`` (best ``best_n``), ``references``, the settings and ``seconds``.
 
+    Example (not run as a doctest: the caption metrics' Java tools take tens of seconds even on a
+    few images; ``tests/test_evaluation.py`` runs it):
+
     .. code-block:: python
 
+        model, data, _ = load_run("runs/small")
         res = evaluate_captioning(model, data, num_samples=100, limit=50)
         res["oracle"]["CIDEr"], res.ground_truth.accuracy, sorted(res["diversity"])
     """

@@ -131,9 +131,15 @@ def caption_validator(
         split: ``"val"`` (never tune on ``"test"``).
         seed: The sampling seed (the engine restores every RNG after validating anyway).
 
-    Example:
-        >>> settings = TrainSettings(steps=3000, validate_every=500)  # doctest: +SKIP
-        >>> train(config, data, settings, out="runs/a", validate=caption_validator(data))  # doctest: +SKIP
+    Example (on an untrained model; in training, pass it as
+    ``train(config, data, TrainSettings(validate_every=500), validate=caption_validator(data))``):
+        >>> from flowkit.data import load_caption_data
+        >>> from flowkit.models import LNFMM, LNFMMConfig
+        >>> data = load_caption_data("shapes", sizes={"train": 4, "val": 2, "test": 2})
+        >>> model = LNFMM(LNFMMConfig.small(vocab_size=len(data.vocab), image_encoder_init="random", freeze_image_trunk=False))
+        >>> scores = caption_validator(data, num_images=2, num_samples=2, num_pairs=4)(model)
+        >>> {"accuracy", "coverage", "accuracy_t0"} <= set(scores), all(0 <= scores[k] <= 1 for k in ("accuracy", "coverage"))
+        (True, True)
     """
     from flowkit.evaluation.captioning import generate_captions
 

@@ -66,8 +66,10 @@ def plot_captions(
         title: A figure title.
 
     Example:
-        >>> plot_captions(torch.rand(2, 3, 64, 64), [["a red circle"], ["a blue star"]], "captions.png")
-        PosixPath('captions.png')
+        >>> import tempfile, torch
+        >>> png = plot_captions(torch.rand(2, 3, 64, 64), [["a red circle"], ["a blue star"]], tempfile.mkdtemp() + "/captions.png")
+        >>> png.name, png.read_bytes()[:4] == b"\x89PNG"
+        ('captions.png', True)
     """
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} caption lists")
@@ -107,8 +109,10 @@ def plot_image_grid(
         title: A figure title.
 
     Example:
-        >>> plot_image_grid(["a red circle"], torch.rand(1, 4, 3, 64, 64), "grid.png")
-        PosixPath('grid.png')
+        >>> import tempfile, torch
+        >>> png = plot_image_grid(["a red circle"], torch.rand(1, 4, 3, 64, 64), tempfile.mkdtemp() + "/grid.png")
+        >>> png.name, png.read_bytes()[:4] == b"\x89PNG"
+        ('grid.png', True)
     """
     if images.dim() != 5 or len(images) != len(captions):
         raise ValueError(f"expected images (N={len(captions)}, S, 3, H, W), got {tuple(images.shape)}")

@@ -87,9 +87,13 @@ def sample_images_for_captions(
         progress: Show a progress bar.
 
     Example:
+        >>> from flowkit.data import load_caption_data
+        >>> from flowkit.models import LNFMM, LNFMMConfig
+        >>> data = load_caption_data("shapes", sizes={"train": 4, "val": 2, "test": 2})
+        >>> model = LNFMM(LNFMMConfig.small(vocab_size=len(data.vocab), image_encoder_init="random", freeze_image_trunk=False))  # untrained
         >>> imgs = sample_images_for_captions(model, ["a red circle"], data.vocab, num_samples=8)
-        >>> imgs.shape
-        torch.Size([1, 8, 3, 64, 64])
+        >>> imgs.shape, 0 <= imgs.min().item() <= imgs.max().item() <= 1
+        (torch.Size([1, 8, 3, 64, 64]), True)
     """
     model.eval()
     ids = encode_captions_text(captions, vocab, model.config.max_caption_len)

@@ -8,8 +8,9 @@ pixel-space diversity number, which is *not* LPIPS. See ``docs/evaluation.md``.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -158,6 +159,20 @@ def ivom(
         True
     """
     targets = torch.as_tensor(target_images)
+    restarts = _check_ivom_arguments(targets, context, restarts, steps, value_range)
+    inits = _ivom_starts(init_codes, latent_dim, restarts, targets.shape[0], init_std, seed)
+    dtype = targets.dtype if targets.is_floating_point() else torch.float32
+    best = _BestReconstructions(targets.shape[0], inits[0].shape[-1], dtype)
+    with _eval_mode(generator):
+        _ivom_batches(
+            generator, code_fn, targets, context, inits, best,
+            steps=steps, lr=lr, value_range=value_range, batch_size=batch_size, progress=progress,
+        )
+    return best.result()
+
+
+def _check_ivom_arguments(targets: Tensor, context: Tensor | None, restarts: int, steps: int, value_range: tuple[float, float]) -> int:
+    r"""Checks :func:`ivom`'s targets and settings; returns ``restarts``."""
     n = targets.shape[0]
     if n == 0:
         raise ValueError("no target images")
@@ -169,6 +184,12 @@ def ivom(
         raise ValueError(f"value_range must be (lo, hi) with hi > lo, got {value_range}")
     if context is not None and context.shape[0] != n:
         raise ValueError(f"context has {context.shape[0]} rows for {n} targets")
+    return restarts
+
+
+def _ivom_starts(init_codes: Tensor | None, latent_dim: int | None, restarts: int, n: int, init_std: float, seed: int) -> list[Tensor]:
+    r"""The start of every restart, each (N, D): ``init_codes`` where given, the others drawn
+    from :math:`\mathcal{N}(0, \mathrm{init\_std}^2)` up front, so they do not depend on the batch size."""
     if init_codes is not None:
         init = torch.as_tensor(init_codes)
         if init.dim() == 2 and init.shape[0] == n:
@@ -182,62 +203,91 @@ def ivom(
         starts, dim = [None] * restarts, latent_dim
     else:
         raise ValueError("give init_codes or latent_dim (the size of the optimised code)")
-    # Random starts drawn up front, so they do not depend on batch_size.
     gen = torch.Generator().manual_seed(seed)
-    inits = [s if s is not None else torch.randn((n, dim), generator=gen) * init_std for s in starts]
-    device = targets.device
-    dtype = targets.dtype if targets.is_floating_point() else torch.float32
+    return [s if s is not None else torch.randn((n, dim), generator=gen) * init_std for s in starts]
 
-    def to01(x: Tensor) -> Tensor:
-        return (x - lo) / (hi - lo)
 
+class _BestReconstructions:
+    r"""IvOM's best per-image error so far, with its optimised variable and code (on the CPU)."""
+
+    def __init__(self, n: int, dim: int, dtype: torch.dtype) -> None:
+        self.err = torch.full((n,), math.inf, dtype=torch.float64)
+        self.eps = torch.zeros((n, dim), dtype=dtype)
+        self.codes: Tensor | None = None  # allocated once the code's shape is known
+
+    @torch.no_grad()
+    def update(self, sl: slice, err: Tensor, eps: Tensor, code: Tensor) -> None:
+        r"""Keeps, for the targets ``sl``, the errors ``err`` that beat the best so far."""
+        e64 = err.detach().to(torch.float64).cpu()
+        better = e64 < self.err[sl]
+        if better.any():
+            if self.codes is None:
+                self.codes = torch.zeros((self.err.shape[0], *code.shape[1:]), dtype=code.dtype)
+            idx = torch.arange(sl.start, sl.stop)[better]
+            self.err[idx] = e64[better]
+            self.eps[idx] = eps.detach().cpu()[better]
+            self.codes[idx] = code.detach().cpu()[better]
+
+    def result(self) -> dict[str, Any]:
+        r""":func:`ivom`'s result; raises when no reconstruction error was finite."""
+        if not torch.isfinite(self.err).all():
+            raise RuntimeError("IvOM found no finite reconstruction error; the generator returns NaN/inf")
+        return {"mse": float(self.err.mean()), "per_image": self.err, "best_codes": self.codes, "best_eps": self.eps}
+
+
+@contextlib.contextmanager
+def _eval_mode(generator: Callable[..., Tensor]) -> Iterator[None]:
+    r"""An ``nn.Module`` generator in eval mode inside the block, its own mode back after it."""
     module = generator if isinstance(generator, nn.Module) else None
     was_training = module.training if module is not None else False
     if module is not None:
         module.eval()
-    best_err = torch.full((n,), math.inf, dtype=torch.float64)
-    best_eps = torch.zeros((n, dim), dtype=dtype)
-    best_codes: Tensor | None = None  # allocated once the code's shape is known
     try:
-        batches = range(0, n, batch_size)
-        for b0 in tqdm(batches, desc="IvOM", disable=None if progress is None else not progress):
-            sl = slice(b0, min(b0 + batch_size, n))
-            tgt = to01(targets[sl].to(dtype))
-            ctx = context[sl] if context is not None else None
-            extra = () if ctx is None else (ctx,)
-            for r in range(restarts):
-                eps = inits[r][sl].detach().to(device=device, dtype=dtype).clone().requires_grad_(True)
-                opt = torch.optim.Adam([eps], lr=lr)
-                for step in range(steps + 1):
-                    code = code_fn(eps, *extra) if code_fn is not None else eps
-                    out = generator(code, *extra)
-                    if out.shape != tgt.shape:
-                        raise ValueError(
-                            f"the generator made images of shape {tuple(out.shape)} "
-                            f"for targets of shape {tuple(tgt.shape)}"
-                        )
-                    err = (to01(out) - tgt).pow(2).flatten(1).mean(1)
-                    with torch.no_grad():
-                        e64 = err.detach().to(torch.float64).cpu()
-                        better = e64 < best_err[sl]
-                        if better.any():
-                            if best_codes is None:
-                                best_codes = torch.zeros((n, *code.shape[1:]), dtype=code.dtype)
-                            idx = torch.arange(sl.start, sl.stop)[better]
-                            best_err[idx] = e64[better]
-                            best_eps[idx] = eps.detach().cpu()[better]
-                            best_codes[idx] = code.detach().cpu()[better]
-                    if step == steps:
-                        break
-                    (grad,) = torch.autograd.grad(err.sum(), [eps])
-                    eps.grad = grad
-                    opt.step()
+        yield
     finally:
         if module is not None:
             module.train(was_training)
-    if not torch.isfinite(best_err).all():
-        raise RuntimeError("IvOM found no finite reconstruction error; the generator returns NaN/inf")
-    return {"mse": float(best_err.mean()), "per_image": best_err, "best_codes": best_codes, "best_eps": best_eps}
+
+
+def _ivom_batches(
+    generator: Callable[..., Tensor],
+    code_fn: Callable[..., Tensor] | None,
+    targets: Tensor,
+    context: Tensor | None,
+    inits: list[Tensor],
+    best: _BestReconstructions,
+    *,
+    steps: int,
+    lr: float,
+    value_range: tuple[float, float],
+    batch_size: int,
+    progress: bool | None,
+) -> None:
+    r"""Optimises every start of every batch of targets, keeping the best in ``best``."""
+    n, lo, hi = targets.shape[0], value_range[0], value_range[1]
+    device, dtype = targets.device, best.eps.dtype
+    for b0 in tqdm(range(0, n, batch_size), desc="IvOM", disable=None if progress is None else not progress):
+        sl = slice(b0, min(b0 + batch_size, n))
+        tgt = (targets[sl].to(dtype) - lo) / (hi - lo)
+        extra = () if context is None else (context[sl],)
+        for start in inits:
+            eps = start[sl].detach().to(device=device, dtype=dtype).clone().requires_grad_(True)
+            opt = torch.optim.Adam([eps], lr=lr)
+            for step in range(steps + 1):
+                code = code_fn(eps, *extra) if code_fn is not None else eps
+                out = generator(code, *extra)
+                if out.shape != tgt.shape:
+                    raise ValueError(
+                        f"the generator made images of shape {tuple(out.shape)} "
+                        f"for targets of shape {tuple(tgt.shape)}"
+                    )
+                err = ((out - lo) / (hi - lo) - tgt).pow(2).flatten(1).mean(1)
+                best.update(sl, err, eps, code)
+                if step == steps:
+                    break
+                (grad,) = torch.autograd.grad(err.sum(), [eps])
+                eps.grad = grad
+                opt.step()
 
 
 def _check_samples(samples: Tensor) -> Tensor:
@@ -286,9 +336,11 @@ def lpips_diversity(
         device: Where to run the network; default the samples' device.
         batch_size: Image pairs per network call.
 
-    Example (skipped in doctests: LPIPS needs torchvision and downloads its backbone weights):
-        >>> lpips_diversity(torch.rand(2, 4, 3, 64, 64))  # doctest: +SKIP
-        0.4...
+    Example (not run as a doctest: LPIPS needs torchvision and downloads its backbone weights):
+
+    .. code-block:: python
+
+        lpips_diversity(torch.rand(2, 4, 3, 64, 64))  # 0.4...
     """
     x = _check_samples(samples_per_caption)
     if x.dim() != 5 or x.shape[2] != 3:

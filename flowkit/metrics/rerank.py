@@ -169,6 +169,44 @@ def nearest_neighbors(queries: np.ndarray, keys: np.ndarray, k: int, chunk_eleme
     return out
 
 
+def _rerank_features(
+    candidates: Mapping[ImageId, Sequence[str]],
+    test_features: Features,
+    train_features: Features,
+    train_captions: Mapping[ImageId, Sequence[str]],
+) -> tuple[np.ndarray, list[ImageId], np.ndarray]:
+    r"""The features of the candidates' images (rows in ``candidates``' order), the training
+    ids and their features; checks that they fit together and that every training image has captions."""
+    test_ids, test_table = _feature_table(test_features, "test_features")
+    train_ids, train_table = _feature_table(train_features, "train_features")
+    if test_table.shape[1] != train_table.shape[1]:
+        raise ValueError(
+            f"test features have {test_table.shape[1]} dimensions, train features {train_table.shape[1]}"
+        )
+    row_of = {i: r for r, i in enumerate(test_ids)}
+    missing = [i for i in candidates if i not in row_of]
+    if missing:
+        raise ValueError(f"test_features lacks {len(missing)} candidate image ids, e.g. {_examples(missing)}")
+    no_caps = [i for i in train_ids if len(train_captions.get(i, ())) == 0]
+    if no_caps:
+        raise ValueError(
+            f"train_captions has no captions for {len(no_caps)} training images of train_features, "
+            f"e.g. {_examples(no_caps)}"
+        )
+    return test_table[[row_of[i] for i in candidates]], train_ids, train_table
+
+
+def _tokenized(
+    cand_sets: list[list[str]], train_sets: Mapping[int, list[str]], needed: Sequence[int]
+) -> tuple[list[list[str]], dict[int, list[str]]]:
+    r"""PTB-tokenized candidates and the ``needed`` training captions, in one Java run."""
+    flat = [c for s in cand_sets for c in s] + [c for j in needed for c in train_sets[j]]
+    tok = iter(ptb_tokenize(flat))
+    cand_tok = [[next(tok) for _ in s] for s in cand_sets]
+    train_tok = {j: [next(tok) for _ in train_sets[j]] for j in needed}
+    return cand_tok, train_tok
+
+
 @overload
 def consensus_rerank(
     candidates: Mapping[ImageId, Sequence[str]],
@@ -249,36 +287,14 @@ def consensus_rerank(
     """
     _check_candidate_lists(candidates)
     k, m = check_positive_int("k", k), check_positive_int("m", m)
-    test_ids, test_table = _feature_table(test_features, "test_features")
-    train_ids, train_table = _feature_table(train_features, "train_features")
-    if test_table.shape[1] != train_table.shape[1]:
-        raise ValueError(
-            f"test features have {test_table.shape[1]} dimensions, train features {train_table.shape[1]}"
-        )
-    row_of = {i: r for r, i in enumerate(test_ids)}
-    missing = [i for i in candidates if i not in row_of]
-    if missing:
-        raise ValueError(f"test_features lacks {len(missing)} candidate image ids, e.g. {_examples(missing)}")
-    no_caps = [i for i in train_ids if len(train_captions.get(i, ())) == 0]
-    if no_caps:
-        raise ValueError(
-            f"train_captions has no captions for {len(no_caps)} training images of train_features, "
-            f"e.g. {_examples(no_caps)}"
-        )
     ids = list(candidates)
-    queries = test_table[[row_of[i] for i in ids]]
+    queries, train_ids, train_table = _rerank_features(candidates, test_features, train_features, train_captions)
     neighbors = nearest_neighbors(queries, train_table, min(k, len(train_ids)))
 
     cand_sets = [list(candidates[i]) for i in ids]
     needed = sorted({int(j) for row in neighbors for j in row})
     train_sets = {j: list(train_captions[train_ids[j]]) for j in needed}
-    if tokenize:
-        flat = [c for s in cand_sets for c in s] + [c for j in needed for c in train_sets[j]]
-        tok = iter(ptb_tokenize(flat))
-        cand_tok = [[next(tok) for _ in s] for s in cand_sets]
-        train_tok = {j: [next(tok) for _ in train_sets[j]] for j in needed}
-    else:
-        cand_tok, train_tok = cand_sets, train_sets
+    cand_tok, train_tok = _tokenized(cand_sets, train_sets, needed) if tokenize else (cand_sets, train_sets)
 
     ranked: dict[ImageId, list[str]] = {}
     sums: dict[ImageId, np.ndarray] = {}

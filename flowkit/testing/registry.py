@@ -486,25 +486,34 @@ def _gaussian_mixture(features: int, context_features: int, components: int = 3,
     return flowkit.GaussianMixture(features, components, context_features, hidden_features=hidden_features)
 
 
+_COUPLING_OPTIONS: dict[str, Sequence[Any]] = {
+    "hidden_features": _HIDDEN,
+    "num_layers": _NUM_LAYERS,
+    "mask": _MASKS,
+    "flip_mask": (False, True),
+}
+
+
 def _register_builtins() -> None:
+    r"""Registers flowkit's own base distributions and layers (the order is the registries' order)."""
     register_base("DiagonalNormal", _diagonal_normal, options={"hidden_features": (8, 4)}, overwrite=True)
     register_base(
         "GaussianMixture", _gaussian_mixture, options={"components": (3, 1, 5), "hidden_features": (8, 4)}, overwrite=True
     )
-    coupling_opts = {
-        "hidden_features": _HIDDEN,
-        "num_layers": _NUM_LAYERS,
-        "mask": _MASKS,
-        "flip_mask": (False, True),
-    }
+    _register_elementary_layers()
+    _register_spline_autoregressive_and_flow_layers()
+
+
+def _register_elementary_layers() -> None:
+    r"""The affine and additive couplings, the normalizations, permutations, compositions and glow."""
     register_layer(
         "AffineCoupling",
         _affine_coupling,
-        options=coupling_opts | {"clamp": _CLAMPS},
+        options=_COUPLING_OPTIONS | {"clamp": _CLAMPS},
         accepts=_coupling_accepts,
         overwrite=True,
     )
-    register_layer("AdditiveCoupling", _additive_coupling, options=coupling_opts, accepts=_coupling_accepts, overwrite=True)
+    register_layer("AdditiveCoupling", _additive_coupling, options=_COUPLING_OPTIONS, accepts=_coupling_accepts, overwrite=True)
     register_layer("ActNorm", _actnorm, context="never", overwrite=True)
     register_layer(
         "ConditionalActNorm",
@@ -535,10 +544,14 @@ def _register_builtins() -> None:
         },
         overwrite=True,
     )
+
+
+def _register_spline_autoregressive_and_flow_layers() -> None:
+    r"""The rational-quadratic coupling, the autoregressive layers and the flow builders."""
     register_layer(
         "RationalQuadraticCoupling",
         _rq_coupling,
-        options=coupling_opts | {"bins": (4, 2, 8), "bound": (2.0, 1.0, 5.0)},
+        options=_COUPLING_OPTIONS | {"bins": (4, 2, 8), "bound": (2.0, 1.0, 5.0)},
         accepts=_coupling_accepts,
         overwrite=True,
     )

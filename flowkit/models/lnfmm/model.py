@@ -103,8 +103,9 @@ class LNFMM(nn.Module):
     Arguments:
         config: The configuration (:class:`LNFMMConfig`).
 
-    Example:
-        >>> model = LNFMM(LNFMMConfig.small(vocab_size=20))
+    Example (with a random image trunk: the small preset's pre-trained one is set up by
+    :func:`flowkit.training.train`):
+        >>> model = LNFMM(LNFMMConfig.small(vocab_size=20, image_encoder_init="random", freeze_image_trunk=False))
         >>> images = torch.rand(4, 3, 64, 64)
         >>> captions = torch.tensor([[1, 5, 6, 2, 0, 0]] * 4)
         >>> out = model(images, captions)

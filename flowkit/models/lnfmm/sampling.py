@@ -154,6 +154,29 @@ def sample_decode(
     return out
 
 
+def _beam_step(
+    run: Any, tokens: Tensor, lat: Tensor, h: Tensor, c: Tensor, live: Tensor, logp_buf: Tensor, val: Tensor, tok: Tensor, kk: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""One decoder step of :func:`beam_search` for the ``live`` beams: the best ``kk`` next
+    words of each, as log-probabilities ``val`` and ids ``tok`` (the rows of the other beams keep
+    their filler), and the new LSTM state ``h``, ``c``."""
+    every = bool(live.all())  # the common case: no gathers and scatters of the state
+    idx = None if every else live.nonzero().squeeze(1)
+    if every:
+        logits, h, c = run(tokens, lat, h, c)
+    else:
+        logits, h_new, c_new = run(tokens[idx], lat[idx], h[idx], c[idx])
+    # into a buffer allocated once: no fresh M x V tensor (and its page faults) per step
+    logp = torch._log_softmax(logits, -1, False, out=logp_buf[: logits.shape[0]])
+    logp[:, PAD] = -torch.inf  # pad is never a word
+    if every:
+        val, tok = _topk(logp, kk)
+    else:
+        val[idx], tok[idx] = _topk(logp, kk)
+        h[idx], c[idx] = h_new, c_new
+    return val, tok, h, c
+
+
 @torch.no_grad()
 def beam_search(decoder: TextDecoder, latent: Tensor, max_len: int, beam_width: int = 2) -> Tensor:
     r"""Beam search over N latents at once; returns the best beam of each (official width: 2).
@@ -208,20 +231,7 @@ def beam_search(decoder: TextDecoder, latent: Tensor, max_len: int, beam_width: 
             # the decoder runs only for beams that can still matter: not finished and with a
             # finite score (a -inf beam stays -inf)
             live = ~flat_done & torch.isfinite(scores).reshape(-1)
-            every = bool(live.all())  # the common case: no gathers and scatters of the state
-            idx = None if every else live.nonzero().squeeze(1)
-            if every:
-                logits, h, c = run(tokens, lat, h, c)
-            else:
-                logits, h_new, c_new = run(tokens[idx], lat[idx], h[idx], c[idx])
-            # into a buffer allocated once: no fresh M x V tensor (and its page faults) per step
-            logp = torch._log_softmax(logits, -1, False, out=logp_buf[: logits.shape[0]])
-            logp[:, PAD] = -torch.inf  # pad is never a word
-            if every:
-                val, tok = _topk(logp, kk)
-            else:
-                val[idx], tok[idx] = _topk(logp, kk)
-                h[idx], c[idx] = h_new, c_new
+            val, tok, h, c = _beam_step(run, tokens, lat, h, c, live, logp_buf, val, tok, kk)
         val[:, 0] = torch.where(flat_done, 0.0, val[:, 0])
         tok[:, 0] = torch.where(flat_done, PAD, tok[:, 0])
         cand = rearrange(scores.unsqueeze(-1) + val.view(m, k, kk), "n k c -> n (k c)")
