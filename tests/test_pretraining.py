@@ -83,7 +83,7 @@ def test_new_runs_start_from_the_pretrained_trunk_and_resume_keeps_it(tmp_path: 
 
 def test_small_preset_uses_the_pretrained_trunk_and_warns_in_a_bare_loop() -> None:
     cfg = LNFMMConfig.small(vocab_size=20, conv_encoder_channels=4, image_encoder_hidden=16, image_encoder_init_steps=3)
-    assert cfg.image_encoder_init == "shapes-attributes" and cfg.freeze_image_trunk
+    assert cfg.image_encoder.init == "shapes-attributes" and cfg.image_encoder.freeze_trunk
     assert LNFMMConfig.small(image_encoder="features").image_encoder_init == "random"
     model = LNFMM(cfg)
     images, captions = torch.rand(2, 3, 64, 64), torch.tensor([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0]])
