@@ -104,7 +104,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         nargs="+",
         action="append",
         default=None,
-        help="override LNFMMConfig fields, e.g. --set fs_layers=6 gan=true alignment=mse (values are parsed as JSON, else taken as strings)",
+        help="override LNFMMConfig fields by their flat names or as group.field, e.g. --set fs_layers=6 gan=true alignment=mse loss.rec_t=1 (values are parsed as JSON, else taken as strings)",
     )
 
     g = p.add_argument_group("training")

@@ -519,6 +519,10 @@ FLAT_NAMES: dict[str, str] = {
 DROPPED_NAMES: frozenset[str] = frozenset({"image_size", "vgg16_weights"})
 
 
+def _fields(group: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(GROUPS[group])]  # type: ignore[arg-type]
+
+
 def _migrate(d: Mapping[str, Any]) -> dict[str, Any]:
     r"""``d`` in any accepted form (nested, old flat names, ``"group.field"`` keys, group
     objects) -> the nested form ``{top-level name: value, group: {field: value}}``."""
@@ -527,11 +531,12 @@ def _migrate(d: Mapping[str, Any]) -> dict[str, Any]:
 
     def put(path: str, value: Any, key: str) -> None:
         group, _, name = path.partition(".")
+        if name and name not in _fields(group):
+            raise ConfigError([f"unknown LNFMMConfig key {key!r}: {group} has no field {name!r}; its fields: {_fields(group)}"])
         slot = out.setdefault(group, {}) if name else out
-        name = name or group
-        if name in slot:
+        if (name or group) in slot:
             raise ConfigError([f"{path} is given twice (last as {key!r})"])
-        slot[name] = value
+        slot[name or group] = value
 
     for key, value in d.items():
         if key in DROPPED_NAMES:
@@ -541,26 +546,17 @@ def _migrate(d: Mapping[str, Any]) -> dict[str, Any]:
                 value = dataclasses.asdict(value)  # type: ignore[call-overload]
             if not isinstance(value, Mapping):
                 raise ConfigError([f"{key} must be a {GROUPS[key].__name__} or a dict of its fields, got {value!r}"])
-            known = {f.name for f in dataclasses.fields(GROUPS[key])}  # type: ignore[arg-type]
             for name, v in value.items():
-                if name not in known:
-                    raise ConfigError([f"unknown LNFMMConfig key {key}.{name}; fields of {key}: {sorted(known)}"])
-                put(f"{key}.{name}", v, key)
-        elif key in top:
-            put(key, value, key)
-        elif key in FLAT_NAMES or key.partition(".")[0] in GROUPS:
-            path = FLAT_NAMES.get(key, key)
-            group, _, name = path.partition(".")
-            if name not in {f.name for f in dataclasses.fields(GROUPS[group])}:  # type: ignore[arg-type]
-                raise ConfigError([f"unknown LNFMMConfig key {key!r}; fields of {group}: {sorted(f.name for f in dataclasses.fields(GROUPS[group]))}"])  # type: ignore[arg-type]
-            put(path, value, key)
+                put(f"{key}.{name}", v, f"{key}.{name}")
+        elif key in top or key in FLAT_NAMES or key.partition(".")[0] in GROUPS:
+            put(FLAT_NAMES.get(key, key), value, key)
         else:
             raise ConfigError([
                 f"unknown LNFMMConfig key {key!r}; known: {sorted(top)}, the groups {sorted(GROUPS)} "
                 f"(or 'group.field'), and the flat names of FLAT_NAMES"
             ])
-    if "notes" in out:
-        out["notes"] = dict(out["notes"]) if isinstance(out["notes"], Mapping) else out["notes"]
+    if isinstance(out.get("notes"), Mapping):
+        out["notes"] = dict(out["notes"])
     return out
 
 
