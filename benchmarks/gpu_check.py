@@ -37,7 +37,7 @@ def _batch(cfg, b: int, device):
     import torch
 
     g = torch.Generator().manual_seed(0)
-    images = torch.randn(b, cfg.image_feature_dim, generator=g)
+    images = torch.randn(b, cfg.image_encoder.feature_dim, generator=g)
     L = cfg.max_caption_len
     captions = torch.zeros(b, L, dtype=torch.long)
     lengths = torch.randint(3, L - 1, (b,), generator=g)
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"train step, batch {args.batch}, {name}: {t * 1e3:.1f} ms", flush=True)
 
     model.eval()
-    test_images = torch.randn(args.sample_images, cfg.image_feature_dim, device=dev)
+    test_images = torch.randn(args.sample_images, cfg.image_encoder.feature_dim, device=dev)
     for method in ("greedy", "beam"):
         t = _timed(lambda: model.sample_captions(test_images, args.num_samples, method=method), 1, 3)
         res[f"captions_per_s, {method}"] = args.sample_images * args.num_samples / t

@@ -42,9 +42,9 @@ def _batch(cfg, b: int, seed: int = 0):
 
     g = torch.Generator().manual_seed(seed)
     if cfg.pixels:
-        images = torch.rand(b, 3, cfg.image_size, cfg.image_size, generator=g)
+        images = torch.rand(b, *cfg.image_shape, generator=g)
     else:
-        images = torch.randn(b, cfg.image_feature_dim, generator=g)
+        images = torch.randn(b, cfg.image_encoder.feature_dim, generator=g)
     L = min(cfg.max_caption_len, 20)
     captions = torch.zeros(b, L, dtype=torch.long)
     lengths = torch.randint(3, L - 1, (b,), generator=g)
@@ -97,7 +97,7 @@ def _train_case(name: str, batch: int, threads: int, warmup: int, repeats: int, 
     params = sum(p.numel() for p in model.parameters())
     queue.put(
         {
-            "case": f"train step, {name} ({cfg.image_encoder}), batch {batch}",
+            "case": f"train step, {name} ({cfg.image_encoder.kind}), batch {batch}",
             "params_M": params / 1e6,
             "median_s": statistics.median(times),
             "min_s": min(times),
@@ -221,8 +221,8 @@ def _sampling_case(threads: int, images_per_call: int, num_samples: int, repeats
     if end_bias:
         with torch.no_grad():
             dec.out.bias[END] += end_bias  # a stand-in for a trained model's caption lengths
-    images = torch.randn(images_per_call, cfg.image_feature_dim, generator=torch.Generator().manual_seed(0))
-    E, H, V, L = cfg.decoder_embedding_dim, cfg.decoder_hidden, cfg.vocab_size, cfg.max_caption_len
+    images = torch.randn(images_per_call, cfg.image_encoder.feature_dim, generator=torch.Generator().manual_seed(0))
+    E, H, V, L = cfg.text_decoder.embedding_dim, cfg.text_decoder.hidden, cfg.vocab_size, cfg.max_caption_len
     flops_row = 2 * 4 * H * (E + H) + 2 * V * H
     n_rows = images_per_call * num_samples
 

@@ -44,7 +44,7 @@ def test_train_end_to_end_and_exact_resume(tmp_path, capsys):
     assert ckpt["step"] == 5
     config = LNFMMConfig.from_dict(json.loads((run / "config.json").read_text()))
     assert config.to_dict() == ckpt["config"]
-    assert config.fs_layers == 2 and config.shared_dim == 8 and config.max_caption_len == 12
+    assert config.flows.fs_layers == 2 and config.shared_dim == 8 and config.max_caption_len == 12
     vocab = Vocabulary.from_dict(json.loads((run / "vocab.json").read_text()))
     assert len(vocab) == config.vocab_size and ckpt["vocab"] == vocab.to_dict()
     assert [r["step"] for r in read_csv_log(run)] == [1, 2, 3, 4, 5]
@@ -75,7 +75,7 @@ def test_resume_errors_are_clear(tmp_path, capsys):
     assert "already holds a checkpoint: pass --resume" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "a"), "--steps", "2", "--set", *TINY, "fs_layers=3"]) == 1
     err = capsys.readouterr().err
-    assert "config.fs_layers: checkpoint 2, now 3" in err
+    assert "config.flows.fs_layers: checkpoint 2, now 3" in err
     assert main(["train", "--resume", str(tmp_path / "a"), "--steps", "2", "--data-seed", "9"]) == 1
     assert "--data-seed: checkpoint 0, now 9" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "a"), "--steps", "2", "--batch-size", "2"]) == 1

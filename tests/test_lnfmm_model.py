@@ -32,9 +32,9 @@ def tiny(**overrides) -> LNFMMConfig:
 def batch(cfg: LNFMMConfig, b: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     if cfg.pixels:
-        images = torch.rand(b, 3, cfg.image_size, cfg.image_size, generator=g)
+        images = torch.rand(b, *cfg.image_shape, generator=g)
     else:
-        images = torch.randn(b, cfg.image_feature_dim, generator=g)
+        images = torch.randn(b, cfg.image_encoder.feature_dim, generator=g)
     captions = torch.zeros(b, cfg.max_caption_len, dtype=torch.long)
     for i in range(b):
         n = 2 + i % 4
@@ -67,18 +67,18 @@ VARIANTS = {
 
 def expected_keys(cfg: LNFMMConfig) -> set[str]:
     keys = set(KEYS)
-    keys |= {"cross_t"} if cfg.lambda_cross_t > 0 else set()
-    keys |= {"cross_v"} if cfg.lambda_cross_v > 0 else set()
-    return keys | ({"adv"} if cfg.gan else set())
+    keys |= {"cross_t"} if cfg.loss.cross_t > 0 else set()
+    keys |= {"cross_v"} if cfg.loss.cross_v > 0 else set()
+    return keys | ({"adv"} if cfg.image_decoder.gan else set())
 
 
 def _weighted(cfg: LNFMMConfig, out: dict) -> torch.Tensor:
     loss = (
-        cfg.lambda_kl_t * out["kl_t"] + cfg.lambda_kl_v * out["kl_v"] - cfg.lambda_logdet * out["logdet_fs"]
-        + cfg.lambda_align * out["align"] + cfg.lambda_rec_t * out["rec_t"] + cfg.lambda_rec_v * out["rec_v"]
+        cfg.loss.kl_t * out["kl_t"] + cfg.loss.kl_v * out["kl_v"] - cfg.loss.logdet * out["logdet_fs"]
+        + cfg.loss.align * out["align"] + cfg.loss.rec_t * out["rec_t"] + cfg.loss.rec_v * out["rec_v"]
     )
-    loss = loss + cfg.lambda_cross_t * out.get("cross_t", 0.0) + cfg.lambda_cross_v * out.get("cross_v", 0.0)
-    return loss + cfg.lambda_adv * out["adv"] if "adv" in out else loss
+    loss = loss + cfg.loss.cross_t * out.get("cross_t", 0.0) + cfg.loss.cross_v * out.get("cross_v", 0.0)
+    return loss + cfg.loss.adv * out["adv"] if "adv" in out else loss
 
 
 # -- config ------------------------------------------------------------------------------------
@@ -93,16 +93,17 @@ def test_config_roundtrip_json():
 @pytest.mark.parametrize(
     "overrides, needle",
     [
-        ({"alignment": "cca"}, "alignment"),
-        ({"prior": "vamp"}, "prior"),
+        ({"alignment": "cca"}, "flows.alignment"),
+        ({"prior": "vamp"}, "flows.prior"),
         ({"vocab_size": 0}, "vocab_size"),
         ({"shared_dim": 1}, "shared_dim"),
         ({"image_specific_dim": -1}, "image_specific_dim"),
-        ({"word_dropout": 1.0}, "word_dropout"),
-        ({"lambda_kl_t": -1.0}, "lambda_kl_t"),
-        ({"base_std": 0.0}, "base_std"),
-        ({"gan": True, "image_encoder": "features"}, "gan"),
+        ({"word_dropout": 1.0}, "text_decoder.word_dropout"),
+        ({"lambda_kl_t": -1.0}, "loss.kl_t"),
+        ({"base_std": 0.0}, "flows.base_std"),
+        ({"gan": True, "image_encoder": "features"}, "image_decoder.gan"),
         ({"image_encoder": "conv", "image_size": 32}, "image_size"),
+        ({"loss": {"rec_t": -1.0}}, "loss.rec_t"),
     ],
 )
 def test_config_validation(overrides, needle):
@@ -121,7 +122,7 @@ def test_paper_preset_sizes():
     cfg = LNFMMConfig.paper()
     assert (cfg.shared_dim, cfg.image_specific_dim, cfg.text_specific_dim) == (992, 64, 32)
     assert (cfg.image_code_dim, cfg.text_code_dim) == (1056, 1024)
-    assert (cfg.lambda_kl_t, cfg.lambda_kl_v, cfg.lambda_logdet, cfg.lambda_rec_t, cfg.lambda_rec_v) == (1, 5000, 200, 0.6, 20)
+    assert (cfg.loss.kl_t, cfg.loss.kl_v, cfg.loss.logdet, cfg.loss.rec_t, cfg.loss.rec_v) == (1, 5000, 200, 0.6, 20)
     model = LNFMM(cfg)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     h, d = 1024, 992 // 2
@@ -160,7 +161,7 @@ def test_loss_terms(name):
         assert v.shape == () and torch.isfinite(v), (k, v)
     torch.testing.assert_close(out["loss"], _weighted(cfg, out))
     assert out["rec_t"] > 0 and out["rec_v"] > 0 and out["align"] > 0
-    if cfg.alignment == "mse":
+    if cfg.flows.alignment == "mse":
         assert model.f_s is None and out["logdet_fs"] == 0
     if cfg.image_specific_dim == 0:
         assert model.f_v is None and out["kl_v"] == 0
@@ -211,14 +212,14 @@ def _switch_model(overrides: dict) -> LNFMM:
 
 def _reference_loss(cfg: LNFMMConfig, out: dict) -> torch.Tensor:
     # Eq. 10 written out from the config, with free bits on the KL terms
-    free = cfg.kl_free_nats
+    free = cfg.loss.kl_free_nats
     kl_t = out["kl_t"].clamp(min=free) if free > 0 else out["kl_t"]
     kl_v = out["kl_v"].clamp(min=free) if free > 0 else out["kl_v"]
     loss = (
-        cfg.lambda_kl_t * kl_t + cfg.lambda_kl_v * kl_v - cfg.lambda_logdet * out["logdet_fs"]
-        + cfg.lambda_align * out["align"] + cfg.lambda_rec_t * out["rec_t"] + cfg.lambda_rec_v * out["rec_v"]
+        cfg.loss.kl_t * kl_t + cfg.loss.kl_v * kl_v - cfg.loss.logdet * out["logdet_fs"]
+        + cfg.loss.align * out["align"] + cfg.loss.rec_t * out["rec_t"] + cfg.loss.rec_v * out["rec_v"]
     )
-    for name, weight in (("cross_t", cfg.lambda_cross_t), ("cross_v", cfg.lambda_cross_v), ("adv", cfg.lambda_adv)):
+    for name, weight in (("cross_t", cfg.loss.cross_t), ("cross_v", cfg.loss.cross_v), ("adv", cfg.loss.adv)):
         if name in out:
             loss = loss + weight * out[name]
     return loss
@@ -234,23 +235,23 @@ def test_loss_is_the_weighted_sum_of_the_terms_the_switches_enable(name):
     cfg = model.config
     images, captions = batch(cfg, b=4)
     if cfg.pixels:
-        images = torch.rand(4, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(1))
+        images = torch.rand(4, *cfg.image_shape, generator=torch.Generator().manual_seed(1))
     labeled = torch.tensor([True, False, True, True]) if with_mask else None
     images, captions = (None if domains == "captions" else images), (None if domains == "images" else captions)
     out = model(images, captions, labeled)
     paired = images is not None and captions is not None
     expected = set(KEYS)
-    expected |= {"cross_t"} if paired and cfg.lambda_cross_t > 0 else set()
-    expected |= {"cross_v"} if paired and cfg.lambda_cross_v > 0 else set()
-    expected |= {"adv"} if cfg.gan and images is not None else set()
+    expected |= {"cross_t"} if paired and cfg.loss.cross_t > 0 else set()
+    expected |= {"cross_v"} if paired and cfg.loss.cross_v > 0 else set()
+    expected |= {"adv"} if cfg.image_decoder.gan and images is not None else set()
     assert set(out) == expected
-    assert set(out) - {"loss"} <= set(LOSS_WEIGHTS) and all(hasattr(cfg, a) for a in LOSS_WEIGHTS.values())
+    assert set(out) - {"loss"} <= set(LOSS_WEIGHTS) and all(hasattr(cfg.loss, a) for a in LOSS_WEIGHTS.values())
     assert torch.equal(out["loss"], _reference_loss(cfg, out))
     # a reconstruction weighted 0 is a diagnostic computed without a graph
     if captions is not None:
-        assert out["rec_t"].requires_grad == (cfg.lambda_rec_t > 0)
+        assert out["rec_t"].requires_grad == (cfg.loss.rec_t > 0)
     if images is not None:
-        assert out["rec_v"].requires_grad == (cfg.lambda_rec_v > 0)
+        assert out["rec_v"].requires_grad == (cfg.loss.rec_v > 0)
     out["loss"].backward()
 
 
@@ -317,7 +318,7 @@ def test_free_bits_clamp_the_kl_in_the_loss_only():
     ref = free(images, captions)
     for k in ("kl_t", "kl_v", "rec_t", "align"):
         torch.testing.assert_close(out[k], ref[k])  # the logged terms are the true ones
-    shift = (cfg.lambda_kl_t * (1e4 - ref["kl_t"]) + cfg.lambda_kl_v * (1e4 - ref["kl_v"]))
+    shift = (cfg.loss.kl_t * (1e4 - ref["kl_t"]) + cfg.loss.kl_v * (1e4 - ref["kl_v"]))
     torch.testing.assert_close(out["loss"], ref["loss"] + shift)
     # below the threshold the KL gets no gradient
     model.train()
@@ -469,8 +470,8 @@ def test_optimizer_groups_format():
     names = [g["name"] for g in groups]
     assert names == ["image_encoder", "text_encoder", "text_decoder", "image_decoder", "f_s", "f_t", "f_v"]
     by = {g["name"]: g for g in groups}
-    assert by["image_encoder"]["lr"] == cfg.image_encoder_lr and by["f_t"]["lr"] == cfg.lr
-    assert by["f_v"]["clip_value"] == cfg.fv_grad_clip and by["f_s"]["clip_value"] == cfg.grad_clip
+    assert by["image_encoder"]["lr"] == cfg.optim.image_encoder_lr and by["f_t"]["lr"] == cfg.optim.lr
+    assert by["f_v"]["clip_value"] == cfg.optim.fv_grad_clip and by["f_s"]["clip_value"] == cfg.optim.grad_clip
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)), "a parameter is in two groups"
     disc = {id(p) for p in model.discriminator_parameters()}
@@ -478,7 +479,7 @@ def test_optimizer_groups_format():
     everything = {id(p) for p in model.parameters() if p.requires_grad}
     assert set(ids) | disc == everything
     paper = LNFMMConfig.paper()
-    assert (paper.lr, paper.image_encoder_lr, paper.grad_clip, paper.fv_grad_clip) == (1e-4, 1e-5, 1.0, 5.0)
+    assert (paper.optim.lr, paper.optim.image_encoder_lr, paper.optim.grad_clip, paper.optim.fv_grad_clip) == (1e-4, 1e-5, 1.0, 5.0)
     torch.optim.Adam(groups)  # the format is accepted as is
 
 

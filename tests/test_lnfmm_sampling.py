@@ -41,7 +41,7 @@ def test_sample_shapes(name):
     assert ids.shape == (3, 2, 5)
     _check_format(ids, 5)
     out = model.sample_images(captions, num_samples=4)
-    shape = (3, cfg.image_size, cfg.image_size) if cfg.pixels else (cfg.image_feature_dim,)
+    shape = cfg.image_shape
     assert out.shape == (3, 4, *shape) and torch.isfinite(out).all()
     if cfg.pixels:
         assert out.min() >= 0 and out.max() <= 1

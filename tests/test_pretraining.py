@@ -51,9 +51,9 @@ def test_pretraining_is_seeded_cached_and_rng_neutral(_cache: Path) -> None:
 
 
 def test_config_checks_the_options() -> None:
-    with pytest.raises(ValueError, match="image_encoder_init='imagenet' is not one of"):
+    with pytest.raises(ValueError, match="image_encoder.init='imagenet' is not one of"):
         LNFMMConfig.small(image_encoder_init="imagenet")
-    with pytest.raises(ValueError, match="freeze_image_trunk applies to the 'conv' and 'cells' image encoders, not 'features'"):
+    with pytest.raises(ValueError, match="image_encoder.freeze_trunk applies to the 'conv' and 'cells' image encoders, not 'features'"):
         LNFMMConfig.paper(freeze_image_trunk=True)
     model = LNFMM(LNFMMConfig.small(vocab_size=20, freeze_image_trunk=True))
     names = {g["name"]: g for g in model.optimizer_groups()}
@@ -83,8 +83,8 @@ def test_new_runs_start_from_the_pretrained_trunk_and_resume_keeps_it(tmp_path: 
 
 def test_small_preset_uses_the_pretrained_trunk_and_warns_in_a_bare_loop() -> None:
     cfg = LNFMMConfig.small(vocab_size=20, conv_encoder_channels=4, image_encoder_hidden=16, image_encoder_init_steps=3)
-    assert cfg.image_encoder_init == "shapes-attributes" and cfg.freeze_image_trunk
-    assert LNFMMConfig.small(image_encoder="features").image_encoder_init == "random"
+    assert cfg.image_encoder.init == "shapes-attributes" and cfg.image_encoder.freeze_trunk
+    assert LNFMMConfig.small(image_encoder="features").image_encoder.init == "random"
     model = LNFMM(cfg)
     images, captions = torch.rand(2, 3, 64, 64), torch.tensor([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0]])
     with pytest.warns(UserWarning, match="trunk was never initialized"):

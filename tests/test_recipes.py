@@ -24,13 +24,13 @@ def test_recipes_are_one_model_class_with_documented_choices():
     cap = captioning_recipe()
     assert isinstance(cap, Recipe) and cap.image_input == "features" and cap.steps > 0 and cap.batch_size > 0
     c = cap.config
-    assert (c.image_encoder, c.shared_norm, c.lambda_rec_t) == ("features", "batch", 1.0)
+    assert (c.image_encoder.kind, c.posterior.shared_norm, c.loss.rec_t) == ("features", "batch", 1.0)
     assert c == LNFMMConfig.captioning()
     sup = captioner_baseline().config
-    assert sup.text_specific_dim == 0 and sup.lambda_cross_t == 1.0
-    assert all(getattr(sup, f"lambda_{k}") == 0 for k in ("kl_t", "kl_v", "logdet", "align", "rec_t", "rec_v"))
+    assert sup.text_specific_dim == 0 and sup.loss.cross_t == 1.0
+    assert all(getattr(sup.loss, k) == 0 for k in ("kl_t", "kl_v", "logdet", "align", "rec_t", "rec_v"))
     cvae = cvae_baseline().config
-    assert cvae.prior == "gaussian" and cvae.kl_free_nats > 0
+    assert cvae.flows.prior == "gaussian" and cvae.loss.kl_free_nats > 0
     # the same budget and data route for every model of a comparison (captioning; text-to-image)
     captioning = [RECIPES[k] for k in ("captioning", "captioner", "cvae")]
     assert {(r().steps, r().batch_size, r().image_input) for r in captioning} == {(cap.steps, cap.batch_size, "features")}
@@ -39,7 +39,7 @@ def test_recipes_are_one_model_class_with_documented_choices():
         (t2i.steps, t2i.batch_size, "pixels")
     }
     assert set(RECIPES) == {"captioning", "captioner", "cvae", "text_to_image", "text_to_image_deterministic"}
-    assert captioning_recipe(word_dropout=0.1).config.word_dropout == 0.1
+    assert captioning_recipe(word_dropout=0.1).config.text_decoder.word_dropout == 0.1
 
 
 def _colour_statistics(images: torch.Tensor) -> torch.Tensor:
@@ -65,7 +65,7 @@ def test_the_engine_trains_every_recipe(name, tmp_path, feature_data, pixel_data
     recipe = RECIPES[name](**TINY)
     settings = TrainSettings(steps=3, batch_size=4, progress=False, device="cpu")
     data = feature_data if recipe.image_input == "features" else pixel_data
-    if recipe.config.image_encoder_init == "shapes-trunk":  # a small trunk instead of the 20 s pre-training
+    if recipe.config.image_encoder.init == "shapes-trunk":  # a small trunk instead of the 20 s pre-training
         from flowkit.data import features
 
         monkeypatch.setattr(features, "shapes_trunk", lambda progress=False: features.get_attribute_classifier(

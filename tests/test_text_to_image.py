@@ -78,7 +78,7 @@ def test_perceptual_term_adds_the_trunk_feature_distance():
         pixels = (recon - images).abs().flatten(1).sum(1)
         feats = (model.image_encoder.trunk(recon) - model.image_encoder.trunk(images)).square().sum(1)
         err = model._image_error(images, recon)
-    torch.testing.assert_close(err, pixels + model.config.image_perceptual * feats)
+    torch.testing.assert_close(err, pixels + model.config.loss.image_perceptual * feats)
     off = _model(image_perceptual=0.0)
     torch.testing.assert_close(off._image_error(images, recon), pixels)
 
@@ -96,8 +96,8 @@ def test_text_to_image_recipes():
     r, b = text_to_image_recipe(), text_to_image_baseline()
     assert r.image_input == b.image_input == "pixels" and (r.steps, r.batch_size) == (b.steps, b.batch_size)
     c = r.config
-    assert (c.image_encoder, c.image_encoder_init, c.freeze_image_trunk, c.shared_norm) == ("cells", "shapes-trunk", True, "batch-all")
-    assert c.lambda_cross_v > 0 and c.lambda_rec_v == 0 and c.image_perceptual > 0 and c.image_specific_dim > 0
+    assert (c.image_encoder.kind, c.image_encoder.init, c.image_encoder.freeze_trunk, c.posterior.shared_norm) == ("cells", "shapes-trunk", True, "batch-all")
+    assert c.loss.cross_v > 0 and c.loss.rec_v == 0 and c.loss.image_perceptual > 0 and c.image_specific_dim > 0
     assert b.config.image_specific_dim == 0 and b.config.replace(image_specific_dim=c.image_specific_dim, notes=c.notes) == c
     model = LNFMM(b.config.replace(**{**TINY, "image_specific_dim": 0}))
     assert model.f_v is None

@@ -352,12 +352,12 @@ def test_adapt_config_follows_the_data():
     vocab = Vocabulary(["a", "red", "circle"])
     features = SimpleNamespace(vocab=vocab, train=[], image_shape=(512,), image_kind="features", max_len=9)
     cfg = adapt_config(_tiny_config(), features)
-    assert (cfg.vocab_size, cfg.max_caption_len, cfg.image_encoder, cfg.image_feature_dim) == (7, 9, "features", 512)
+    assert (cfg.vocab_size, cfg.max_caption_len, cfg.image_encoder.kind, cfg.image_encoder.feature_dim) == (7, 9, "features", 512)
     with pytest.raises(ValueError, match="gan=True needs pixel images"):
         adapt_config(_tiny_config(gan=True), features)
     pixels = SimpleNamespace(vocab=vocab, train=[], image_shape=(3, 64, 64), image_kind="pixels", max_len=12)
     cfg = adapt_config(_tiny_config(image_encoder="features"), pixels)
-    assert (cfg.image_encoder, cfg.image_size, cfg.max_caption_len) == ("conv", 64, 12)
+    assert (cfg.image_encoder.kind, cfg.image_shape[-1], cfg.max_caption_len) == ("conv", 64, 12)
 
 
 # -- validation during training ----------------------------------------------------------------
@@ -400,7 +400,7 @@ def test_caption_validator_reports_the_learning_curve_keys(tiny_data):
         "scale_text", "scale_image", "noise", "scale_to_noise", "align",
     }
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("accuracy", "coverage", "accuracy_t0", "recon_own", "recon_cross"))
-    assert metrics["noise"] == pytest.approx(cfg.shared_dim * cfg.noise_std**2)
+    assert metrics["noise"] == pytest.approx(cfg.shared_dim * cfg.posterior.noise_std**2)
     assert metrics["scale_to_noise"] == pytest.approx(metrics["scale_text"] / metrics["noise"])
     with pytest.raises(ValueError, match="scenes"):
         caption_validator(type("D", (), {"scenes": None})())

@@ -96,7 +96,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model")
     g.add_argument("--preset", choices=["small", "paper"], default=None, help="LNFMMConfig preset: 'small' (CPU minutes, default) or 'paper' (appendix A.1 sizes)")
-    g.add_argument("--lr", type=float, metavar="LR", default=None, help="the base Adam learning rate (config.lr; the image encoder keeps config.image_encoder_lr)")
+    g.add_argument("--lr", type=float, metavar="LR", default=None, help="the base Adam learning rate (config.optim.lr; the image encoder keeps config.optim.image_encoder_lr)")
     g.add_argument(
         "--set",
         dest="overrides",
@@ -104,7 +104,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         nargs="+",
         action="append",
         default=None,
-        help="override LNFMMConfig fields, e.g. --set fs_layers=6 gan=true alignment=mse (values are parsed as JSON, else taken as strings)",
+        help="override LNFMMConfig fields by their flat names or as group.field, e.g. --set fs_layers=6 gan=true alignment=mse loss.rec_t=1 (values are parsed as JSON, else taken as strings)",
     )
 
     g = p.add_argument_group("training")
@@ -142,6 +142,10 @@ def parse_overrides(items: list[str], config_class: Any) -> dict[str, Any]:
     Values are read as JSON (``6``, ``1e-4``, ``true``, ``"x"``), else as plain strings, then
     cast to the field's type (an int given for a float field becomes a float).
 
+    Keys are the config's fields; for :class:`~flowkit.models.LNFMMConfig` its flat names
+    (``lambda_rec_t``, :data:`~flowkit.models.lnfmm.config.FLAT_NAMES`) or ``group.field``
+    (``loss.rec_t``), passed on to the preset as given.
+
     Arguments:
         items: The ``KEY=VALUE`` strings.
         config_class: The config dataclass (e.g. ``LNFMMConfig``).
@@ -152,21 +156,24 @@ def parse_overrides(items: list[str], config_class: Any) -> dict[str, Any]:
         {'fs_layers': 6, 'gan': True, 'lr': 0.001}
     """
 
-    fields = {f.name: f for f in dataclasses.fields(config_class)}
     reference = config_class()
+    # a config of groups (LNFMMConfig) names its fields flat, as before the groups, and as "group.field"
+    fields = reference.to_flat_dict() if hasattr(reference, "to_flat_dict") else {f.name: getattr(reference, f.name) for f in dataclasses.fields(config_class)}
+    nested = {f"{g}.{k}": v for g, d in dataclasses.asdict(reference).items() if isinstance(d, dict) and g != "notes" for k, v in d.items()}
+    known = {**fields, **nested}
     out: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        if key not in fields:
-            raise ValueError(f"--set {key}: unknown config field; known fields: {', '.join(sorted(fields))}")
+        if key not in known:
+            raise ValueError(f"--set {key}: unknown config field; known fields: {', '.join(sorted(fields))} (or group.field)")
         try:
             value: Any = json.loads(text)
         except json.JSONDecodeError:
             value = text
-        current = getattr(reference, key)
+        current = known[key]
         if isinstance(current, bool):
             if isinstance(value, str) and value.lower() in ("true", "yes", "on", "false", "no", "off"):
                 value = value.lower() in ("true", "yes", "on")

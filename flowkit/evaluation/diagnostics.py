@@ -52,7 +52,7 @@ def code_scales(model: nn.Module, images: Tensor, captions: Tensor) -> dict[str,
     cfg = model.config
     text = model.encode_captions(captions)["shared"]
     image = model.encode_images(images)["shared_text"]
-    noise = cfg.shared_dim * cfg.noise_std**2
+    noise = cfg.shared_dim * cfg.posterior.noise_std**2
     scale_text = float(text.var(0).sum())
     return {
         "scale_text": scale_text,

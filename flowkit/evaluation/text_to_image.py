@@ -135,7 +135,7 @@ def _ivom(model: nn.Module, ids: Tensor, targets: Tensor, restarts: int, steps: 
         def code_fn(eps: Tensor, context: Tensor) -> Tensor:
             return f_v.transform.inverse(eps, context=context)[0]
 
-        std = float(getattr(f_v.base, "std", model.config.base_std))
+        std = float(getattr(f_v.base, "std", model.config.flows.base_std))
         out = ivom(generate, targets, latent_dim=dim, code_fn=code_fn, context=ctx, restarts=restarts, steps=steps, lr=lr, init_std=std, seed=seed, progress=progress)
         out["variable"] = "base noise eps of f_v (z'_v = f_v^-1(eps; z_s))"
         return out

@@ -74,6 +74,17 @@ def _config_dict(config: Any) -> dict[str, Any] | None:
     return config.to_dict()
 
 
+def _config_fields(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    # {"loss": {"rec_t": 1}} -> {"loss.rec_t": 1}: a config of groups compared field by field
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and key != "notes":
+            out.update(_config_fields(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _amp_dtype(settings: TrainSettings, device: torch.device) -> torch.dtype | None:
     r"""Mixed precision on CUDA only: bf16 (no scaler needed) where supported or asked for,
     else fp16 (with a GradScaler); None in float32."""
@@ -151,7 +162,10 @@ class Trainer:
         self.ctx: DistributedContext = init_distributed(settings.device)
         self.device = self.ctx.device
         self.out = None if out is None else Path(out)
-        self.config = _config_dict(config if config is not None else getattr(model, "config", None))
+        config = config if config is not None else getattr(model, "config", None)
+        self.config = _config_dict(config)
+        # reads a checkpoint's config as this config's class does (e.g. an older layout); None: as saved
+        self._read_config = getattr(type(config), "from_dict", None) if not isinstance(config, Mapping) else None
         self.vocab = None if vocab is None else dict(vocab)
         self.module = model.to(self.device)
         self.module.train()
@@ -396,8 +410,15 @@ class Trainer:
         # What makes an exact resume from `state` impossible.
         problems = []
         if self.config is not None and state.get("config"):
-            diff = sorted(k for k in set(self.config) | set(state["config"]) if self.config.get(k) != state["config"].get(k) and k != "notes")
-            problems += [f"config.{k}: checkpoint {state['config'].get(k)!r}, now {self.config.get(k)!r}" for k in diff]
+            saved = dict(state["config"])
+            if self._read_config is not None:
+                try:
+                    saved = self._read_config(saved).to_dict()
+                except (TypeError, ValueError) as e:
+                    problems.append(f"config: the checkpoint's config cannot be read: {e}")
+            now, saved = _config_fields(self.config), _config_fields(saved)
+            diff = sorted(k for k in set(now) | set(saved) if now.get(k) != saved.get(k) and k != "notes")
+            problems += [f"config.{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in diff]
         saved = state.get("training", {})
         for k in RESUME_KEYS:
             if k in saved and saved[k] != getattr(self.settings, k):

@@ -58,21 +58,22 @@ def _masked_mean(values: Tensor, weight: Tensor | None) -> Tensor:
     return (values * weight).sum() / weight.sum().clamp(min=1.0)
 
 
-#: The loss's weights: term name -> the config attribute that weighs it, in summation order.
+#: The loss's weights: term name -> the field of ``config.loss`` (:class:`LossConfig`) that
+#: weighs it, in summation order.
 LOSS_WEIGHTS: dict[str, str] = {
-    "kl_t": "lambda_kl_t",
-    "kl_v": "lambda_kl_v",
-    "logdet_fs": "lambda_logdet",
-    "align": "lambda_align",
-    "rec_t": "lambda_rec_t",
-    "rec_v": "lambda_rec_v",
-    "cross_t": "lambda_cross_t",
-    "cross_v": "lambda_cross_v",
-    "adv": "lambda_adv",
+    "kl_t": "kl_t",
+    "kl_v": "kl_v",
+    "logdet_fs": "logdet",
+    "align": "align",
+    "rec_t": "rec_t",
+    "rec_v": "rec_v",
+    "cross_t": "cross_t",
+    "cross_v": "cross_v",
+    "adv": "adv",
 }
 #: Terms subtracted from the loss (the log-determinant of f_s is maximized).
 SUBTRACTED_TERMS = frozenset({"logdet_fs"})
-#: Terms clamped below at ``kl_free_nats`` in the loss (free bits); the logged values are not.
+#: Terms clamped below at ``loss.kl_free_nats`` in the loss (free bits); the logged values are not.
 FREE_BITS_TERMS = frozenset({"kl_t", "kl_v"})
 #: The terms every forward returns (0 where absent).
 _CORE_TERMS = ("kl_t", "kl_v", "logdet_fs", "align", "rec_t", "rec_v")
@@ -97,7 +98,7 @@ class LNFMM(nn.Module):
     :math:`f_s`'s output); ``f_v`` models :math:`p(z'_v | z_s)` with :math:`z_s` in *image space*.
     In training, paired rows condition on the other domain's code mapped through :math:`f_s`
     (``f_t`` on :math:`f_s(z_s^v)`, ``f_v`` on :math:`f_s^{-1}(z_s^t)`), as the official code
-    does and as inference does (``cross_condition=False``: each on its own code); unpaired
+    does and as inference does (``flows.cross_condition=False``: each on its own code); unpaired
     rows always use their own code.
 
     Arguments:
@@ -122,80 +123,80 @@ class LNFMM(nn.Module):
         cfg = config
         self.config = cfg
         S = cfg.shared_dim
-        lv = cfg.learned_variance
+        lv = cfg.posterior.learned_variance
 
         # -- encoders --------------------------------------------------------------------------
-        if cfg.image_encoder == "features":
-            self.image_encoder: nn.Module = FeatureEncoder(cfg.image_feature_dim, cfg.image_encoder_hidden, cfg.image_code_dim, lv)
-        elif cfg.image_encoder == "conv":
-            self.image_encoder = ConvEncoder(cfg.conv_encoder_channels, cfg.image_encoder_hidden, cfg.image_code_dim, lv)
-        elif cfg.image_encoder == "cells":
-            self.image_encoder = CellEncoder(cfg.image_encoder_hidden, cfg.image_code_dim, lv)
+        if cfg.image_encoder.kind == "features":
+            self.image_encoder: nn.Module = FeatureEncoder(cfg.image_encoder.feature_dim, cfg.image_encoder.hidden, cfg.image_code_dim, lv)
+        elif cfg.image_encoder.kind == "conv":
+            self.image_encoder = ConvEncoder(cfg.image_encoder.conv_channels, cfg.image_encoder.hidden, cfg.image_code_dim, lv)
+        elif cfg.image_encoder.kind == "cells":
+            self.image_encoder = CellEncoder(cfg.image_encoder.hidden, cfg.image_code_dim, lv)
         else:
-            self.image_encoder = VGG16Encoder(cfg.image_encoder_hidden, cfg.image_code_dim, lv, cfg.vgg16_weights)
-        if cfg.freeze_image_encoder:
+            self.image_encoder = VGG16Encoder(cfg.image_encoder.hidden, cfg.image_code_dim, lv)
+        if cfg.image_encoder.freeze:
             # LNFMM (pre-trained): the image codes stay fixed, everything else adapts to them
             self.image_encoder.requires_grad_(False)
-        if cfg.freeze_image_trunk:
+        if cfg.image_encoder.freeze_trunk:
             # a pre-trained trunk keeps its features; the code head still adapts
             self.image_encoder.freeze_trunk()
-        # image_encoder_init is applied by flowkit.training (initialize_image_encoder) or comes
+        # image_encoder.init is applied by flowkit.training (initialize_image_encoder) or comes
         # with loaded weights; training without it (a frozen random trunk) gets a warning
-        self.image_trunk_initialized = cfg.image_encoder_init == "random"
+        self.image_trunk_initialized = cfg.image_encoder.init == "random"
         self.text_encoder = TextEncoder(
-            cfg.vocab_size, cfg.word_embedding_dim, cfg.text_encoder_hidden, cfg.text_encoder_layers, cfg.text_code_dim, lv
+            cfg.vocab_size, cfg.text_encoder.embedding_dim, cfg.text_encoder.hidden, cfg.text_encoder.layers, cfg.text_code_dim, lv
         )
 
         # -- decoders --------------------------------------------------------------------------
         self.text_decoder = TextDecoder(
-            cfg.vocab_size, cfg.text_code_dim, cfg.decoder_embedding_dim, cfg.decoder_hidden,
-            cfg.word_dropout, cfg.embedding_dropout,
+            cfg.vocab_size, cfg.text_code_dim, cfg.text_decoder.embedding_dim, cfg.text_decoder.hidden,
+            cfg.text_decoder.word_dropout, cfg.text_decoder.embedding_dropout,
         )
         if cfg.pixels:
-            self.image_decoder: nn.Module = Generator64(cfg.image_code_dim, S, cfg.generator_channels)
+            self.image_decoder: nn.Module = Generator64(cfg.image_code_dim, S, cfg.image_decoder.generator_channels)
         else:
-            self.image_decoder = FeatureDecoder(cfg.image_code_dim, cfg.image_feature_dim, cfg.feature_decoder_hidden)
-        self.discriminator = Discriminator64(S, cfg.discriminator_channels) if cfg.gan else None
+            self.image_decoder = FeatureDecoder(cfg.image_code_dim, cfg.image_encoder.feature_dim, cfg.image_decoder.feature_hidden)
+        self.discriminator = Discriminator64(S, cfg.image_decoder.discriminator_channels) if cfg.image_decoder.gan else None
 
         # -- flows -----------------------------------------------------------------------------
-        self.f_s = build_fs(S, cfg.fs_layers, cfg.fs_hidden, cfg.fs_coupling, cfg.clamp) if cfg.alignment == "flow" else None
+        self.f_s = build_fs(S, cfg.flows.fs_layers, cfg.flows.fs_hidden, cfg.flows.fs_coupling, cfg.flows.clamp) if cfg.flows.alignment == "flow" else None
         self.f_t: nn.Module | None
-        if cfg.prior == "flow":
+        if cfg.flows.prior == "flow":
             self.f_t = (
-                build_prior_flow(cfg.text_specific_dim, S, cfg.ft_layers, cfg.ft_hidden, cfg.ft_conv1x1, cfg.clamp, cfg.base_std)
+                build_prior_flow(cfg.text_specific_dim, S, cfg.flows.ft_layers, cfg.flows.ft_hidden, cfg.flows.ft_conv1x1, cfg.flows.clamp, cfg.flows.base_std)
                 if cfg.text_specific_dim > 0
                 else None
             )
             self.f_v: nn.Module | None = (
-                build_prior_flow(cfg.image_specific_dim, S, cfg.fv_layers, cfg.fv_hidden, False, cfg.clamp, cfg.base_std)
+                build_prior_flow(cfg.image_specific_dim, S, cfg.flows.fv_layers, cfg.flows.fv_hidden, False, cfg.flows.clamp, cfg.flows.base_std)
                 if cfg.image_specific_dim > 0
                 else None
             )
         else:
-            self.f_t = ConditionalGaussian(cfg.text_specific_dim, S, cfg.ft_hidden, cfg.base_std) if cfg.text_specific_dim > 0 else None
+            self.f_t = ConditionalGaussian(cfg.text_specific_dim, S, cfg.flows.ft_hidden, cfg.flows.base_std) if cfg.text_specific_dim > 0 else None
             self.f_v = (
-                ConditionalGaussian(cfg.image_specific_dim, S, cfg.fv_hidden, cfg.base_std) if cfg.image_specific_dim > 0 else None
+                ConditionalGaussian(cfg.image_specific_dim, S, cfg.flows.fv_hidden, cfg.flows.base_std) if cfg.image_specific_dim > 0 else None
             )
 
         # -- shared-code normalization: the codes cannot shrink below the fixed noise ---------------
         # (batch statistics in training, running ones in eval; no affine part, so no scale to lose)
         # ("batch-all": the specific codes too; the modules keep their names for old checkpoints)
-        full = cfg.shared_norm == "batch-all"
+        full = cfg.posterior.shared_norm == "batch-all"
         self.image_shared_norm = self._code_norm(S + cfg.image_specific_dim if full else S)
         self.text_shared_norm = self._code_norm(S + cfg.text_specific_dim if full else S)
 
         # -- fixed posterior std (official: 0.05 on every dim; +0.10 on z'_t, +0.05 on z'_v) -----
         # independent noises add in variance, hence the square root
-        self.register_buffer("image_std", self._std_vector(cfg.image_specific_dim, cfg.image_noise_std), persistent=False)
-        self.register_buffer("text_std", self._std_vector(cfg.text_specific_dim, cfg.text_noise_std), persistent=False)
+        self.register_buffer("image_std", self._std_vector(cfg.image_specific_dim, cfg.posterior.image_noise_std), persistent=False)
+        self.register_buffer("text_std", self._std_vector(cfg.text_specific_dim, cfg.posterior.text_noise_std), persistent=False)
 
     def _code_norm(self, dims: int) -> nn.BatchNorm1d | None:
-        return nn.BatchNorm1d(dims, affine=False, momentum=0.01) if self.config.shared_norm != "none" else None
+        return nn.BatchNorm1d(dims, affine=False, momentum=0.01) if self.config.posterior.shared_norm != "none" else None
 
     def _std_vector(self, specific: int, extra: float) -> Tensor:
         cfg = self.config
-        shared = torch.full((cfg.shared_dim,), float(cfg.noise_std))
-        spec = torch.full((specific,), math.sqrt(cfg.noise_std**2 + extra**2))
+        shared = torch.full((cfg.shared_dim,), float(cfg.posterior.noise_std))
+        spec = torch.full((specific,), math.sqrt(cfg.posterior.noise_std**2 + extra**2))
         return torch.cat([shared, spec])
 
     # ------------------------------------------------------------------------------------------
@@ -208,17 +209,17 @@ class LNFMM(nn.Module):
         if _is_compiling():
             return images.shape[0]
         if cfg.pixels:
-            expected = (3, cfg.image_size, cfg.image_size)
+            expected = cfg.image_shape
             if images.dim() != 4 or tuple(images.shape[1:]) != expected:
                 raise LNFMMInputError(
                     f"{name}: expected pixels of shape (batch, {', '.join(map(str, expected))}) for "
-                    f"image_encoder={cfg.image_encoder!r}, got {tuple(images.shape)}"
+                    f"image_encoder.kind={cfg.image_encoder.kind!r}, got {tuple(images.shape)}"
                 )
         else:
-            if images.dim() != 2 or images.shape[1] != cfg.image_feature_dim:
+            if images.dim() != 2 or images.shape[1] != cfg.image_encoder.feature_dim:
                 got = images.shape[-1] if images.dim() >= 1 else "a scalar"
                 raise LNFMMInputError(
-                    f"{name}: expected features of shape (batch, {cfg.image_feature_dim}) (image_feature_dim), "
+                    f"{name}: expected features of shape (batch, {cfg.image_encoder.feature_dim}) (image_encoder.feature_dim), "
                     f"got shape {tuple(images.shape)} (feature size {got})"
                 )
         if images.shape[0] == 0:
@@ -379,10 +380,10 @@ class LNFMM(nn.Module):
         Every term is a scalar averaged over the rows it applies to: ``kl_t``/``rec_t`` over
         rows with a caption, ``kl_v``/``rec_v`` over rows with an image, ``align``/``logdet_fs``
         and ``cross_t``/``cross_v`` over labeled pairs. ``loss`` is the weighted sum of the
-        terms (:meth:`_weighted_loss`): ``lambda_kl_t kl_t + lambda_kl_v kl_v - lambda_logdet
-        logdet_fs + lambda_align align + lambda_rec_t rec_t + lambda_rec_v rec_v`` (+
-        ``lambda_cross_t cross_t``, ``lambda_cross_v cross_v``, ``lambda_adv adv`` when present),
-        with the KL terms clamped below at ``kl_free_nats`` (free bits).
+        terms (:meth:`_weighted_loss`): with ``w = config.loss``, ``w.kl_t kl_t + w.kl_v kl_v -
+        w.logdet logdet_fs + w.align align + w.rec_t rec_t + w.rec_v rec_v`` (+ ``w.cross_t
+        cross_t``, ``w.cross_v cross_v``, ``w.adv adv`` when present), with the KL terms
+        clamped below at ``w.kl_free_nats`` (free bits).
 
         Arguments:
             images: (B, 3, H, W) in [0, 1] or (B, F) features; None for a caption-only batch.
@@ -396,8 +397,8 @@ class LNFMM(nn.Module):
 
         Returns:
             A dict of scalars: ``loss``, ``kl_t``, ``kl_v``, ``logdet_fs``, ``align``, ``rec_t``,
-            ``rec_v``; ``cross_t`` with ``lambda_cross_t > 0`` and ``cross_v`` with
-            ``lambda_cross_v > 0`` (paired batches only); ``adv`` with ``gan=True`` (batches with
+            ``rec_v``; ``cross_t`` with ``loss.cross_t > 0`` and ``cross_v`` with
+            ``loss.cross_v > 0`` (paired batches only); ``adv`` with ``image_decoder.gan`` (batches with
             images). Absent parts of the first seven are 0.
         """
         self._check_batch(images, captions, labeled)
@@ -430,7 +431,7 @@ class LNFMM(nn.Module):
         r"""Warns once when training an image encoder whose trunk was never initialized."""
         if self.training and not self.image_trunk_initialized and not _is_compiling():
             warnings.warn(
-                f"LNFMM: config.image_encoder_init={self.config.image_encoder_init!r} but the image encoder's "
+                f"LNFMM: config.image_encoder.init={self.config.image_encoder.init!r} but the image encoder's "
                 f"trunk was never initialized; flowkit.training.train does it, in a loop of your own call "
                 f"flowkit.training.initialize_image_encoder(model) first",
                 stacklevel=3,
@@ -446,7 +447,7 @@ class LNFMM(nn.Module):
     def _alignment_terms(self, code_v: _Code, code_t: _Code, weight: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
         r"""``f_s(z_s^v)`` and the terms ``align`` and ``logdet_fs`` over the labeled pairs."""
         fs_v, logdet = self._fs(code_v.shared)  # image space -> text space
-        target = code_t.shared.detach() if self.config.align_text_target else code_t.shared
+        target = code_t.shared.detach() if self.config.loss.align_text_target else code_t.shared
         align = _masked_mean((fs_v - target).square().sum(dim=1), weight)
         return fs_v, {"align": align, "logdet_fs": _masked_mean(logdet, weight)}
 
@@ -462,18 +463,18 @@ class LNFMM(nn.Module):
     def _text_terms(
         self, captions: Tensor, code_t: _Code, fs_v: Tensor | None, labeled: Tensor | None, weight: Tensor | None
     ) -> dict[str, Tensor]:
-        r"""``kl_t`` and ``rec_t``, and ``cross_t`` for pairs (``fs_v`` given) with ``lambda_cross_t > 0``."""
+        r"""``kl_t`` and ``rec_t``, and ``cross_t`` for pairs (``fs_v`` given) with ``loss.cross_t > 0``."""
         cfg = self.config
         terms: dict[str, Tensor] = {}
         ctx_t = code_t.shared
-        if fs_v is not None and cfg.cross_condition:
+        if fs_v is not None and cfg.flows.cross_condition:
             ctx_t = fs_v if labeled is None else torch.where(labeled.unsqueeze(1), fs_v, code_t.shared)
         if (kl_t := self._prior_kl(self.f_t, code_t, ctx_t)) is not None:
             terms["kl_t"] = kl_t
-        # with lambda_rec_t = 0 (small preset) the term is only a diagnostic: no graph for it
-        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.lambda_rec_t > 0):
+        # with loss.rec_t = 0 (small preset) the term is only a diagnostic: no graph for it
+        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.loss.rec_t > 0):
             terms["rec_t"] = self._caption_nll(captions, code_t.z).mean()
-        if fs_v is not None and cfg.lambda_cross_t > 0:
+        if fs_v is not None and cfg.loss.cross_t > 0:
             # the caption from the image's shared code: what captioning decodes
             cross = self._caption_nll(captions, torch.cat([fs_v, code_t.specific], dim=1))
             terms["cross_t"] = _masked_mean(cross, weight)
@@ -483,22 +484,22 @@ class LNFMM(nn.Module):
         self, images: Tensor, feats: Tensor | None, code_v: _Code, code_t: _Code | None, labeled: Tensor | None, weight: Tensor | None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         r"""The image prior's condition and the terms ``kl_v``, ``rec_v``, and ``cross_v`` for
-        pairs (``code_t`` given) with ``lambda_cross_v > 0``; ``feats`` are the frozen trunk's
+        pairs (``code_t`` given) with ``loss.cross_v > 0``; ``feats`` are the frozen trunk's
         features of ``images`` (the perceptual term's target) or None."""
         cfg = self.config
         terms: dict[str, Tensor] = {}
         ctx_v = code_v.shared
         back = None
-        if code_t is not None and (cfg.cross_condition or cfg.lambda_cross_v > 0):
+        if code_t is not None and (cfg.flows.cross_condition or cfg.loss.cross_v > 0):
             back = self._fs_inverse(code_t.shared)  # text space -> image space
-        if back is not None and cfg.cross_condition:
+        if back is not None and cfg.flows.cross_condition:
             ctx_v = back if labeled is None else torch.where(labeled.unsqueeze(1), back, code_v.shared)
         if (kl_v := self._prior_kl(self.f_v, code_v, ctx_v)) is not None:
             terms["kl_v"] = kl_v
-        # with lambda_rec_v = 0 (text-to-image recipe) the term is only a diagnostic: no graph
-        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.lambda_rec_v > 0):
+        # with loss.rec_v = 0 (text-to-image recipe) the term is only a diagnostic: no graph
+        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.loss.rec_v > 0):
             terms["rec_v"] = self._image_error(images, self.image_decoder(code_v.z), feats).mean()
-        if back is not None and cfg.lambda_cross_v > 0:
+        if back is not None and cfg.loss.cross_v > 0:
             # the image from the caption's shared code: what text-to-image decodes
             cross = self._image_error(images, self.image_decoder(torch.cat([back, code_v.specific], dim=1)), feats)
             terms["cross_v"] = _masked_mean(cross, weight)
@@ -511,17 +512,17 @@ class LNFMM(nn.Module):
 
     def _weighted_loss(self, terms: dict[str, Tensor]) -> Tensor:
         r"""The loss: the sum of the present terms times their weights (:data:`LOSS_WEIGHTS`), the
-        subtracted ones (``logdet_fs``) negated, the KL terms clamped below at ``kl_free_nats``."""
+        subtracted ones (``logdet_fs``) negated, the KL terms clamped below at ``loss.kl_free_nats``."""
         cfg = self.config
-        free = cfg.kl_free_nats
-        # free bits (Kingma et al., 2016): a KL below kl_free_nats is not pushed lower, so the
+        free = cfg.loss.kl_free_nats
+        # free bits (Kingma et al., 2016): a KL below loss.kl_free_nats is not pushed lower, so the
         # latent keeps that much information (the standard remedy for posterior collapse)
         terms = {k: v.clamp(min=free) if free > 0 and k in FREE_BITS_TERMS else v for k, v in terms.items()}
         loss: Tensor | None = None
         for name, attr in LOSS_WEIGHTS.items():
             if name not in terms:
                 continue
-            weighted = getattr(cfg, attr) * terms[name]
+            weighted = getattr(cfg.loss, attr) * terms[name]
             if loss is None:
                 loss = weighted
             else:
@@ -537,19 +538,19 @@ class LNFMM(nn.Module):
 
     def _image_error(self, images: Tensor, recon: Tensor, target_features: Tensor | None = None) -> Tensor:
         r"""Per-row reconstruction error, L1 or squared, summed over pixels (or features), plus
-        ``image_perceptual`` times the squared distance of the frozen trunk's features."""
+        ``loss.image_perceptual`` times the squared distance of the frozen trunk's features."""
         diff = recon - images
-        err = diff.abs() if self.config.image_rec_loss == "l1" else diff.square()
+        err = diff.abs() if self.config.loss.image_distance == "l1" else diff.square()
         err = rearrange(err, "b ... -> b (...)").sum(dim=1)
-        if self.config.image_perceptual > 0:
+        if self.config.loss.image_perceptual > 0:
             if target_features is None:
                 target_features = self._trunk_features(images)
-            err = err + self.config.image_perceptual * (self.image_encoder.trunk(recon) - target_features).square().sum(dim=1)
+            err = err + self.config.loss.image_perceptual * (self.image_encoder.trunk(recon) - target_features).square().sum(dim=1)
         return err
 
     def _trunk_features(self, images: Tensor) -> Tensor | None:
         r"""The frozen image trunk's features of the data (the perceptual term's target)."""
-        if self.config.image_perceptual <= 0:
+        if self.config.loss.image_perceptual <= 0:
             return None
         with torch.no_grad():
             return self.image_encoder.trunk(images)
@@ -604,8 +605,8 @@ class LNFMM(nn.Module):
         return {
             "name": "discriminator",
             "params": self.discriminator_parameters(),
-            "lr": cfg.discriminator_lr,
-            "clip_value": cfg.grad_clip,
+            "lr": cfg.optim.discriminator_lr,
+            "clip_value": cfg.optim.grad_clip,
             "betas": (0.0, 0.999),
         }
 
@@ -634,13 +635,13 @@ class LNFMM(nn.Module):
         """
         cfg = self.config
         parts: list[tuple[str, nn.Module | None, float, float]] = [
-            ("image_encoder", self.image_encoder, cfg.image_encoder_lr, cfg.grad_clip),
-            ("text_encoder", self.text_encoder, cfg.lr, cfg.grad_clip),
-            ("text_decoder", self.text_decoder, cfg.lr, cfg.grad_clip),
-            ("image_decoder", self.image_decoder, cfg.lr, cfg.grad_clip),
-            ("f_s", self.f_s, cfg.lr, cfg.grad_clip),
-            ("f_t", self.f_t, cfg.lr, cfg.grad_clip),
-            ("f_v", self.f_v, cfg.lr, cfg.fv_grad_clip),
+            ("image_encoder", self.image_encoder, cfg.optim.image_encoder_lr, cfg.optim.grad_clip),
+            ("text_encoder", self.text_encoder, cfg.optim.lr, cfg.optim.grad_clip),
+            ("text_decoder", self.text_decoder, cfg.optim.lr, cfg.optim.grad_clip),
+            ("image_decoder", self.image_decoder, cfg.optim.lr, cfg.optim.grad_clip),
+            ("f_s", self.f_s, cfg.optim.lr, cfg.optim.grad_clip),
+            ("f_t", self.f_t, cfg.optim.lr, cfg.optim.grad_clip),
+            ("f_v", self.f_v, cfg.optim.lr, cfg.optim.fv_grad_clip),
         ]
         groups = []
         for name, module, lr, clip in parts:
@@ -731,7 +732,7 @@ class LNFMM(nn.Module):
     def extra_repr(self) -> str:
         cfg = self.config
         return (
-            f"image_encoder={cfg.image_encoder!r}, alignment={cfg.alignment!r}, prior={cfg.prior!r}, "
+            f"image_encoder={cfg.image_encoder.kind!r}, alignment={cfg.flows.alignment!r}, prior={cfg.flows.prior!r}, "
             f"shared_dim={cfg.shared_dim}, image_specific_dim={cfg.image_specific_dim}, "
-            f"text_specific_dim={cfg.text_specific_dim}, gan={cfg.gan}"
+            f"text_specific_dim={cfg.text_specific_dim}, gan={cfg.image_decoder.gan}"
         )

@@ -67,8 +67,8 @@ def pretrain_shapes_encoder(
     :func:`flowkit.io.cache_dir` (``$FLOWKIT_CACHE``), keyed by every argument.
 
     Arguments:
-        channels: The conv encoder's ``conv_encoder_channels``.
-        hidden: Its ``image_encoder_hidden``.
+        channels: The conv encoder's ``image_encoder.conv_channels``.
+        hidden: Its ``image_encoder.hidden``.
         steps: Adam steps.
         images: Training images.
         batch_size: Images per step.
@@ -118,28 +118,28 @@ def pretrain_shapes_encoder(
 
 
 def initialize_image_encoder(model: nn.Module, progress: bool = False) -> bool:
-    r"""Applies ``model.config.image_encoder_init`` to a fresh LNFMM; returns whether it did.
+    r"""Applies ``model.config.image_encoder.init`` to a fresh LNFMM; returns whether it did.
 
     ``"shapes-attributes"`` loads :func:`pretrain_shapes_encoder` weights (for the model's
-    ``conv_encoder_channels``, ``image_encoder_hidden`` and ``image_encoder_init_steps``) into
+    ``image_encoder.conv_channels``, ``image_encoder.hidden`` and ``image_encoder.init_steps``) into
     the conv encoder's trunk; ``"shapes-trunk"`` loads the cells encoder's CNN from
     :func:`flowkit.data.features.shapes_trunk`; ``"random"`` does nothing. :func:`flowkit.recipes.train` calls
     it for new runs (not when resuming: the checkpoint holds the weights).
     """
     cfg = model.config
-    if cfg.image_encoder_init == "random":
+    if cfg.image_encoder.init == "random":
         return False
-    if cfg.image_encoder_init == "shapes-trunk":
+    if cfg.image_encoder.init == "shapes-trunk":
         from flowkit.data.features import shapes_trunk
 
         cells = shapes_trunk(progress=progress).net[:-1]
         model.image_encoder.cells.load_state_dict(cells.state_dict())
         model.image_trunk_initialized = True
         return True
-    if cfg.image_encoder != "conv":
-        raise ValueError(f"image_encoder_init={cfg.image_encoder_init!r} needs the 'conv' image encoder, not {cfg.image_encoder!r}")
+    if cfg.image_encoder.kind != "conv":
+        raise ValueError(f"image_encoder.init={cfg.image_encoder.init!r} needs the 'conv' image encoder, not {cfg.image_encoder.kind!r}")
     trunk = pretrain_shapes_encoder(
-        cfg.conv_encoder_channels, cfg.image_encoder_hidden, steps=cfg.image_encoder_init_steps, progress=progress
+        cfg.image_encoder.conv_channels, cfg.image_encoder.hidden, steps=cfg.image_encoder.init_steps, progress=progress
     )
     device = next(model.image_encoder.parameters()).device
     model.image_encoder.load_trunk_state_dict({k: v.to(device) for k, v in trunk.items()})

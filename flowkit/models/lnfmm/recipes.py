@@ -62,7 +62,7 @@ def captioning_recipe(**overrides: Any) -> Recipe:
 
     Example:
         >>> r = captioning_recipe()
-        >>> r.config.image_encoder, r.config.shared_norm
+        >>> r.config.image_encoder.kind, r.config.posterior.shared_norm
         ('features', 'batch')
     """
     # cosine decay: accuracy at temperature 1 0.685 -> 0.741 at 4,000 steps (docs/lnfmm.md, l1/l2)
@@ -95,7 +95,7 @@ def cvae_baseline(**overrides: Any) -> Recipe:
     remedy that lets a CVAE sample more than one caption per image.
 
     Example:
-        >>> cvae_baseline().config.prior
+        >>> cvae_baseline().config.flows.prior
         'gaussian'
     """
     base: dict[str, Any] = dict(prior="gaussian", kl_free_nats=3.0, notes={"preset": "cvae baseline"})
@@ -111,7 +111,7 @@ def text_to_image_recipe(**overrides: Any) -> Recipe:
 
     Example:
         >>> r = text_to_image_recipe()
-        >>> r.config.image_encoder, r.image_input
+        >>> r.config.image_encoder.kind, r.image_input
         ('cells', 'pixels')
     """
     return Recipe("text_to_image", LNFMMConfig.text_to_image(**overrides), steps=1500, batch_size=32, image_input="pixels", lr_schedule="cosine")

@@ -15,11 +15,12 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
+
+from flowkit.models.lnfmm.config import IMAGE_SIZE
 
 __all__ = ["LNFMMStep", "adapt_config"]
 
@@ -33,7 +34,7 @@ class LNFMMStep:
 
     For the engine's :class:`~flowkit.training.Step` protocol. The param groups are
     ``model.optimizer_groups()`` (one per part, each with its learning rate and gradient value
-    clip). With ``model.config.gan`` every step is a discriminator step (its own Adam on
+    clip). With ``model.config.image_decoder.gan`` every step is a discriminator step (its own Adam on
     ``model.discriminator_group()``, hinge loss, logged as ``d_loss``), then the generator
     step; checkpoints then also hold ``discriminator``, ``optimizer_d`` (and ``scaler_d``).
     Any module with LNFMM's calling convention works (``forward(images, captions,
@@ -69,12 +70,12 @@ class LNFMMStep:
         return list(model.optimizer_groups())
 
     def extra_updates(self, model: nn.Module) -> list[dict[str, Any]]:
-        r"""The GAN's discriminator update when ``model.config.gan``, else nothing.
+        r"""The GAN's discriminator update when ``model.config.image_decoder.gan``, else nothing.
 
         Arguments:
             model: The LNFMM.
         """
-        if not getattr(getattr(model, "config", None), "gan", False):
+        if getattr(model, "discriminator", None) is None:  # config.image_decoder.gan
             return []
         return [
             {
@@ -95,19 +96,18 @@ def adapt_config(config: Any, data: Any) -> Any:
             ``image_shape``, optionally ``max_len``).
 
     Raises:
-        ValueError: ``gan=True`` or ``image_perceptual > 0`` with image features (both need
-            pixels), or an unknown image kind.
+        ValueError: ``image_decoder.gan=True`` or ``loss.image_perceptual > 0`` with image features
+            (both need pixels), pixels of another size than 64x64, or an unknown image kind.
 
     Example:
         >>> from types import SimpleNamespace
         >>> from flowkit.models import LNFMMConfig
         >>> data = SimpleNamespace(vocab=range(30), train=[], image_kind="features", image_shape=(512,), max_len=12)
         >>> cfg = adapt_config(LNFMMConfig.small(), data)
-        >>> cfg.vocab_size, cfg.max_caption_len, cfg.image_encoder, cfg.image_feature_dim
+        >>> cfg.vocab_size, cfg.max_caption_len, cfg.image_encoder.kind, cfg.image_encoder.feature_dim
         (30, 12, 'features', 512)
     """
     changes: dict[str, Any] = {"vocab_size": len(data.vocab)}
-    names = {f.name for f in dataclasses.fields(config)}
     max_len = getattr(data, "max_len", None)
     if max_len is None and len(data.train) > 0:
         max_len = int(data.train[0]["caption"].shape[-1])
@@ -115,24 +115,26 @@ def adapt_config(config: Any, data: Any) -> Any:
         changes["max_caption_len"] = int(max_len)
     shape = tuple(data.image_shape)
     if data.image_kind == "features":
-        changes["image_encoder"] = "features"
-        changes["image_feature_dim"] = int(shape[-1])
         # the conv trunk's pre-training (small()) has no place in a features encoder
-        changes["image_encoder_init"] = "random"
-        changes["freeze_image_trunk"] = False
-        if "gan" in names and config.gan:
-            raise ValueError("gan=True needs pixel images, but the data holds image features: pass gan=False or pixel data")
-        if getattr(config, "image_perceptual", 0) > 0:
+        changes["image_encoder"] = {"kind": "features", "feature_dim": int(shape[-1]), "init": "random", "freeze_trunk": False}
+        if config.image_decoder.gan:
             raise ValueError(
-                f"image_perceptual={config.image_perceptual} (the text-to-image recipe) compares generated images with "
-                f"the data's pixels, but the data holds image features: load the data without features=, or set image_perceptual=0"
+                "image_decoder.gan=True needs pixel images, but the data holds image features: pass gan=False or pixel data"
+            )
+        if config.loss.image_perceptual > 0:
+            raise ValueError(
+                f"loss.image_perceptual={config.loss.image_perceptual} (the text-to-image recipe) compares generated images "
+                f"with the data's pixels, but the data holds image features: load the data without features=, or set "
+                f"loss.image_perceptual=0"
             )
     elif data.image_kind == "pixels":
-        if config.image_encoder == "features":
-            changes["image_encoder"] = "conv"
-        if "image_size" in names:
-            changes["image_size"] = int(shape[-1])
+        if config.image_encoder.kind == "features":
+            changes["image_encoder"] = {"kind": "conv"}
+        if shape != (3, IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(
+                f"the data's images have shape {shape}, but the pixel encoders and the SAGAN generator are built for "
+                f"(3, {IMAGE_SIZE}, {IMAGE_SIZE}): load the data with image_size={IMAGE_SIZE}"
+            )
     else:
         raise ValueError(f"unknown image kind {data.image_kind!r} (expected 'pixels' or 'features')")
-    changes = {k: v for k, v in changes.items() if k in names}
-    return dataclasses.replace(config, **changes)
+    return config.replace(**changes)
