@@ -20,7 +20,12 @@ import dataclasses
 import json
 from typing import Any
 
-from flowkit.commands import add_command_parser, fraction, non_negative_int, positive_int
+from flowkit.commands import (
+    add_command_parser,
+    fraction,
+    non_negative_int,
+    positive_int,
+)
 from flowkit.data.loading import DATA_DEFAULTS
 from flowkit.io import CHECKPOINT_NAME
 from flowkit.recipes import PRESET_BATCH_SIZES
