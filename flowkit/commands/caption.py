@@ -24,7 +24,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flowkit.commands import positive_int
+from flowkit.commands import (
+    add_checkpoint_argument,
+    add_command_parser,
+    add_device_argument,
+    add_seed_argument,
+    positive_int,
+)
 from flowkit.io import atomic_write_text, check_output, checkpoint_path, run_folder
 
 __all__ = ["add_parser", "run", "add_data_arguments", "data_overrides"]
@@ -90,14 +96,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     Arguments:
         subparsers: What ``ArgumentParser.add_subparsers()`` returned.
     """
-    p = subparsers.add_parser(
-        "caption",
-        help="sample diverse captions for images",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--checkpoint", metavar="DIR", required=True, help="a training run folder holding checkpoint.pt (flowkit train --out DIR), or the file")
+    p = add_command_parser(subparsers, "caption", "sample diverse captions for images", DESCRIPTION, EPILOG)
+    add_checkpoint_argument(p)
     p.add_argument("--images", metavar="ID,ID,...", type=_ids, default=None, help="caption these image ids (looked up in --split, else in test, val, train)")
     p.add_argument("--split", choices=["val", "test", "train"], default=None, help="caption the images of this split (default test)")
     p.add_argument("--num-samples", type=positive_int, default=100, metavar="S", help="captions sampled per image (default 100, the paper's protocol)")
@@ -106,9 +106,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N images (default: all of the split)")
     p.add_argument("--show", type=int, default=5, metavar="K", help="captions printed per image (all go to --out; default 5, 0 prints none)")
     p.add_argument("--out", metavar="FILE", default=None, help="write {image_id: [captions]} as JSON here (default CHECKPOINT/captions_<split>.json)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    add_seed_argument(p)
     p.add_argument("--batch-size", type=positive_int, default=8, metavar="B", help="images per sampling call (default 8)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run the model (default cpu)")
+    add_device_argument(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_data_arguments(p)
     return p

@@ -20,7 +20,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from flowkit.commands import non_negative_int, positive_int
+from flowkit.commands import (
+    add_checkpoint_argument,
+    add_command_parser,
+    add_device_argument,
+    add_seed_argument,
+    non_negative_int,
+    positive_int,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -59,14 +66,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """
     from flowkit.commands.caption import add_data_arguments
 
-    p = subparsers.add_parser(
-        "evaluate",
-        help="the paper's evaluation (Tables 1, 2, 3, 6) as a report",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--checkpoint", metavar="DIR", required=True, help="a training run folder holding checkpoint.pt (flowkit train --out DIR), or the file")
+    p = add_command_parser(subparsers, "evaluate", "the paper's evaluation (Tables 1, 2, 3, 6) as a report", DESCRIPTION, EPILOG)
+    add_checkpoint_argument(p)
     p.add_argument("--split", choices=["val", "test"], default="test", help="the evaluated split (default test)")
     p.add_argument("--out", metavar="DIR", default=None, help="the report folder (default CHECKPOINT/report)")
     g = p.add_argument_group("captioning")
@@ -91,8 +92,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--ivom-restarts", type=non_negative_int, default=3, metavar="R", help="IvOM restarts, 0 skips IvOM (default 3)")
     g.add_argument("--ivom-steps", type=non_negative_int, default=100, metavar="K", help="IvOM Adam steps per restart (default 100)")
     g.add_argument("--lpips", choices=["auto", "require", "off"], default="auto", help="LPIPS diversity: when it loads (auto), required, or off; pixel diversity is always reported")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run the model (default cpu)")
+    add_seed_argument(p)
+    add_device_argument(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_data_arguments(p)
     return p

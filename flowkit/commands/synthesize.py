@@ -23,7 +23,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flowkit.commands import positive_int
+from flowkit.commands import (
+    add_checkpoint_argument,
+    add_command_parser,
+    add_device_argument,
+    add_seed_argument,
+    positive_int,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -49,21 +55,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     Arguments:
         subparsers: What ``ArgumentParser.add_subparsers()`` returned.
     """
-    p = subparsers.add_parser(
-        "synthesize",
-        help="generate diverse images for captions (text-to-image)",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--checkpoint", metavar="DIR", required=True, help="a training run folder holding checkpoint.pt (flowkit train --out DIR), or the file")
+    p = add_command_parser(subparsers, "synthesize", "generate diverse images for captions (text-to-image)", DESCRIPTION, EPILOG)
+    add_checkpoint_argument(p)
     p.add_argument("--caption", metavar="TEXT", action="append", required=True, help="the caption (repeat for several; one grid row each)")
     p.add_argument("--num-samples", type=positive_int, default=8, metavar="S", help="images per caption (default 8)")
     p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="scales the prior's base samples; 0 gives the mode (default 1.0)")
     p.add_argument("--out", metavar="FILE", default=None, help="the PNG grid (default CHECKPOINT/synthesized.png)")
     p.add_argument("--save-tensor", metavar="FILE", default=None, help="also save the images as a torch tensor file (.pt)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run the model (default cpu)")
+    add_seed_argument(p)
+    add_device_argument(p)
     return p
 
 

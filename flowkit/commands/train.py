@@ -20,7 +20,12 @@ import dataclasses
 import json
 from typing import Any
 
-from flowkit.commands import fraction, non_negative_int, positive_int
+from flowkit.commands import (
+    add_command_parser,
+    fraction,
+    non_negative_int,
+    positive_int,
+)
 from flowkit.data.loading import DATA_DEFAULTS
 from flowkit.io import CHECKPOINT_NAME
 from flowkit.recipes import PRESET_BATCH_SIZES
@@ -77,13 +82,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         subparsers: What ``ArgumentParser.add_subparsers()`` returned.
     """
 
-    p = subparsers.add_parser(
-        "train",
-        help="train LNFMM (exact resume, DDP under torchrun)",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command_parser(subparsers, "train", "train LNFMM (exact resume, DDP under torchrun)", DESCRIPTION, EPILOG)
     g = p.add_argument_group("data")
     g.add_argument("--data", choices=["shapes", "coco"], default=None, help="the embedded shapes data (default) or COCO-format files under --coco-root")
     g.add_argument("--coco-root", metavar="PATH", default=None, help="COCO-format folder (annotations and images), for --data coco")

@@ -138,6 +138,23 @@ class LayerSpec:
 _REGISTRY: dict[str, LayerSpec] = {}
 
 
+def _check_context(context: str) -> None:
+    if context not in CONTEXT_MODES:
+        raise ValueError(f"context must be one of {CONTEXT_MODES}, got {context!r}")
+
+
+def _check_free(table: Mapping[str, LayerSpec], kind: str, name: str, overwrite: bool) -> None:
+    if name in table and not overwrite:
+        raise ValueError(f"a {kind} named {name!r} is already registered (pass overwrite=True to replace it)")
+
+
+def _lookup(table: Mapping[str, LayerSpec], kind: str, name: str) -> LayerSpec:
+    try:
+        return table[name]
+    except KeyError:
+        raise KeyError(f"no {kind} registered as {name!r}; registered: {', '.join(sorted(table))}") from None
+
+
 def register_layer(
     name: str,
     factory: Factory | None = None,
@@ -172,12 +189,10 @@ def register_layer(
         >>> registered_layers()["MyActNorm"].build(3)
         ActNorm(features=3, initialized=True)
     """
-    if context not in CONTEXT_MODES:
-        raise ValueError(f"context must be one of {CONTEXT_MODES}, got {context!r}")
+    _check_context(context)
 
     def add(f: Factory) -> LayerSpec:
-        if name in _REGISTRY and not overwrite:
-            raise ValueError(f"a layer named {name!r} is already registered (pass overwrite=True to replace it)")
+        _check_free(_REGISTRY, "layer", name, overwrite)
         spec = LayerSpec(
             name=name,
             factory=f,
@@ -212,10 +227,7 @@ def registered_layers() -> dict[str, LayerSpec]:
 
 def get_layer(name: str) -> LayerSpec:
     r"""The :class:`LayerSpec` registered under ``name``."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"no layer registered as {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+    return _lookup(_REGISTRY, "layer", name)
 
 
 _BASES: dict[str, LayerSpec] = {}
@@ -240,10 +252,8 @@ def register_base(
         >>> registered_bases()["MyNormal"].build(2)
         DiagonalNormal(features=2)
     """
-    if context not in CONTEXT_MODES:
-        raise ValueError(f"context must be one of {CONTEXT_MODES}, got {context!r}")
-    if name in _BASES and not overwrite:
-        raise ValueError(f"a base named {name!r} is already registered (pass overwrite=True to replace it)")
+    _check_context(context)
+    _check_free(_BASES, "base", name, overwrite)
     spec = LayerSpec(name=name, factory=factory, context=context, min_features=min_features, options=dict(options or {}))
     _BASES[name] = spec
     return spec
@@ -256,10 +266,7 @@ def registered_bases() -> dict[str, LayerSpec]:
 
 def get_base(name: str) -> LayerSpec:
     r"""The :class:`LayerSpec` of the base distribution registered under ``name``."""
-    try:
-        return _BASES[name]
-    except KeyError:
-        raise KeyError(f"no base registered as {name!r}; registered: {', '.join(sorted(_BASES))}") from None
+    return _lookup(_BASES, "base", name)
 
 
 # -- flowkit's own layers -------------------------------------------------------------------

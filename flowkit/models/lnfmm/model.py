@@ -30,6 +30,7 @@ from flowkit.models.lnfmm.decoders import Discriminator64, FeatureDecoder, Gener
 from flowkit.models.lnfmm.encoders import CellEncoder, ConvEncoder, FeatureEncoder, TextEncoder, VGG16Encoder
 from flowkit.models.lnfmm.priors import ConditionalGaussian, build_fs, build_prior_flow
 from flowkit.models.lnfmm.sampling import beam_search, greedy_decode, sample_decode
+from flowkit.transforms.base import _is_compiling
 
 __all__ = ["LNFMM", "LNFMMInputError"]
 
@@ -38,13 +39,6 @@ _LOG_2PI = math.log(2 * math.pi)
 
 class LNFMMInputError(ValueError):
     r"""Raised for inputs the model cannot take (shapes, ids, batch sizes)."""
-
-
-def _is_compiling() -> bool:
-    try:
-        return torch.compiler.is_compiling()
-    except AttributeError:  # torch < 2.3
-        return False
 
 
 def _gaussian_log_q(eps: Tensor, std: Tensor) -> Tensor:
