@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     model.eval()
     test_images = torch.randn(args.sample_images, cfg.image_encoder.feature_dim, device=dev)
     for method in ("greedy", "beam"):
-        t = _timed(lambda: model.sample_captions(test_images, args.num_samples, method=method), 1, 3)
+        t = _timed(lambda method=method: model.sample_captions(test_images, args.num_samples, method=method), 1, 3)
         res[f"captions_per_s, {method}"] = args.sample_images * args.num_samples / t
         res[f"images_per_s, {method}"] = args.sample_images / t
         print(f"sample_captions {method}: {args.sample_images * args.num_samples / t:.0f} captions/s", flush=True)

@@ -200,8 +200,9 @@ def frontier_table(curves: dict[str, list[list[FrontierPoint]]], images: bool = 
     lines = [head, "|---|---|---|---|---|"]
     for name, runs in curves.items():
         for k, p in enumerate(runs[0]):
-            col = lambda f: _cell([f(r[k]) for r in runs], 3)  # noqa: E731
-            lines.append(f"| {FRONTIER_MODELS[name]} | {p.label} | {col(lambda q: q.accuracy)} | {_cell([r[k].coverage for r in runs], 4)} | {col(lambda q: q.distinct)} |")
+            at_k = [r[k] for r in runs]
+            accuracy, coverage, distinct = (_cell([getattr(q, a) for q in at_k], d) for a, d in (("accuracy", 3), ("coverage", 4), ("distinct", 3)))
+            lines.append(f"| {FRONTIER_MODELS[name]} | {p.label} | {accuracy} | {coverage} | {distinct} |")
     return "\n".join(lines)
 
 

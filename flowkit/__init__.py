@@ -8,7 +8,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from flowkit import transforms
+from flowkit.builders import glow, maf, nsf, realnvp
+from flowkit.distributions import BaseDistribution, DiagonalNormal, Flow, GaussianMixture, StandardNormal
 from flowkit.transforms import (
     ActNorm,
     AdditiveCoupling,
@@ -17,8 +18,8 @@ from flowkit.transforms import (
     ElementwiseScale,
     InputError,
     Inverse,
-    MaskedAutoregressive,
     Invertible1x1,
+    MaskedAutoregressive,
     Permutation,
     RationalQuadraticCoupling,
     Reverse,
@@ -27,12 +28,25 @@ from flowkit.transforms import (
     Transform,
     data_init,
 )
-from flowkit.distributions import BaseDistribution, DiagonalNormal, Flow, GaussianMixture, StandardNormal
-from flowkit.builders import glow, maf, nsf, realnvp
 
 __all__ = [
     "__version__",
-    *transforms.__all__,
+    "InputError",
+    "Transform",
+    "AffineCoupling",
+    "AdditiveCoupling",
+    "RationalQuadraticCoupling",
+    "MaskedAutoregressive",
+    "ActNorm",
+    "ConditionalActNorm",
+    "ElementwiseScale",
+    "Invertible1x1",
+    "Permutation",
+    "Reverse",
+    "Switch",
+    "Sequential",
+    "Inverse",
+    "data_init",
     "StandardNormal",
     "DiagonalNormal",
     "GaussianMixture",

@@ -9,11 +9,11 @@ from flowkit._validation import check_positive_int
 from flowkit.distributions import Flow, StandardNormal
 from flowkit.nn import check_clamp
 from flowkit.transforms.autoregressive import AUTOREGRESSIVE_TRANSFORMS, MaskedAutoregressive
+from flowkit.transforms.composition import Sequential
 from flowkit.transforms.coupling import MASKS, AffineCoupling
 from flowkit.transforms.linear import Invertible1x1
 from flowkit.transforms.normalization import ActNorm, ConditionalActNorm
 from flowkit.transforms.permutations import Switch
-from flowkit.transforms.composition import Sequential
 from flowkit.transforms.spline import RationalQuadraticCoupling, check_spline_args
 
 __all__ = ["glow", "realnvp", "nsf", "maf"]
@@ -142,7 +142,7 @@ def _base(features: int, base: nn.Module | None, base_std: float) -> nn.Module:
     if base is None:
         return StandardNormal(features, std=base_std)
     if getattr(base, "features", features) != features:
-        raise ValueError(f"base has {getattr(base, 'features')} features, the flow {features}")
+        raise ValueError(f"base has {base.features} features, the flow {features}")
     return base
 
 

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from contextlib import nullcontext
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 

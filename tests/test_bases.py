@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 import flowkit
-from flowkit import DiagonalNormal, Flow, GaussianMixture
+from flowkit import DiagonalNormal, GaussianMixture
 from flowkit.testing import CheckFailed, check_base, randomize_parameters
 
 

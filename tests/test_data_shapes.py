@@ -96,7 +96,7 @@ def test_many_distinct_captions_per_image(train: ShapesCaptions) -> None:
 
 def test_captions_discriminate(train: ShapesCaptions) -> None:
     scenes = train.scenes
-    for scene, caps in zip(scenes[:60], train.captions[:60]):
+    for caps in train.captions[:60]:
         for c in caps:
             assert any(not is_true(c, other) for other in scenes), c
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import flowkit
 from flowkit import (
@@ -17,7 +17,6 @@ from flowkit import (
     InputError,
     Invertible1x1,
     Reverse,
-    Sequential,
     StandardNormal,
     Switch,
     glow,

@@ -21,7 +21,7 @@ from flowkit.training import load_checkpoint, read_csv_log
 from flowkit.training.safety import LOCK_NAME, RunLock, RunLockedError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_cli_train import TINY, _args  # noqa: E402
+from test_cli_train import _args  # noqa: E402
 
 RUNNER = Path(__file__).with_name("fault_runner.py")
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from flowkit.data.grammar import all_true_captions, all_true_constraints
 from flowkit.data.judges import (
     NUM_CLASSES,
     AttributeClassifier,
@@ -20,7 +21,6 @@ from flowkit.data.judges import (
     inception_score,
     train_attribute_classifier,
 )
-from flowkit.data.grammar import all_true_captions, all_true_constraints
 from flowkit.data.shapes import Scene, SceneObject, ShapesCaptions
 
 A = Scene((SceneObject("circle", "red", "small", 0, 0), SceneObject("square", "blue", "large", 0, 2)))

@@ -8,12 +8,11 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from test_lnfmm_model import batch, tiny
 
 from flowkit.models import LNFMM, LNFMMConfig, ids_to_strings
 from flowkit.models.lnfmm.decoders import END, PAD, START, TextDecoder
 from flowkit.models.lnfmm.sampling import beam_search, greedy_decode, sample_decode
-
-from test_lnfmm_model import batch, tiny
 
 
 def _check_format(ids: torch.Tensor, max_len: int) -> None:

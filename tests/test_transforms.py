@@ -449,8 +449,8 @@ def test_sequential_and_inverse_compose() -> None:
     parts = torch.zeros(3, dtype=torch.float64)
     h = x
     for layer in t:
-        h, l = layer(h)
-        parts = parts + l
+        h, layer_ladj = layer(h)
+        parts = parts + layer_ladj
     assert torch.allclose(y, h) and torch.allclose(ladj, parts)
     inv = Inverse(t)
     x2, ladj2 = inv(y)

@@ -45,7 +45,6 @@ from flowkit.data.grammar import (
     SHAPES,
     SIZES,
     Scene,
-    SceneObject,
     all_true_captions,
     all_true_constraints,
     canonical,
@@ -255,7 +254,7 @@ def free_attribute_spread(
             else:
                 values[k].append(getattr(objs[i], a))
     out: dict[str, float] = {}
-    for i, a, k in keys:
+    for _, a, k in keys:
         if not values[k]:
             out[k] = float("nan")
         elif measure == "distinct":

@@ -29,15 +29,13 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from flowkit.data.grammar import COLORS, SHAPES, SIZES, sample_captions
-from flowkit.data.vocab import tokenize
-from flowkit.io import atomic_write_bytes, atomic_write_json, cache_dir
-
 # Re-exported from flowkit.data.grammar, where they are defined: ``is_true`` is part of the
 # public API of this module (``flowkit.data.shapes.is_true``), and ``Scene`` / ``SceneObject``
 # are the type of every item's ``scene``. The rest of the grammar (parse, render, canonical,
 # all_true_captions, ...) is imported from flowkit.data.grammar.
-from flowkit.data.grammar import Scene, SceneObject, is_true
+from flowkit.data.grammar import COLORS, SHAPES, SIZES, Scene, SceneObject, is_true, sample_captions
+from flowkit.data.vocab import tokenize
+from flowkit.io import atomic_write_bytes, atomic_write_json, cache_dir
 
 __all__ = [
     # defined here

@@ -72,7 +72,8 @@ def pairwise_cider(candidates: Sequence[str], references: Sequence[str], n: int 
         idf = {g: log_r - np.log(float(d)) for g, d in df.items()}  # unseen grams: log_r - log 1
 
         def norms(rows: list[list[Counter[tuple[str, ...]]]], order: int = k) -> np.ndarray:
-            return np.sqrt([sum((tf * idf.get(g, log_r)) ** 2 for g, tf in row[order].items()) for row in rows])
+            # called in this iteration only, so the late binding of idf is the one wanted
+            return np.sqrt([sum((tf * idf.get(g, log_r)) ** 2 for g, tf in row[order].items()) for row in rows])  # noqa: B023
 
         norm_c, norm_r = norms(cand), norms(refs)
         # Only n-grams in both a candidate and a reference contribute to the numerator.

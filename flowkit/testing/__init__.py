@@ -17,7 +17,8 @@ The strategies live in :mod:`flowkit.testing.strategies` (needs ``hypothesis``).
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 

@@ -16,8 +16,9 @@ initialisation of an ActNorm.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +45,7 @@ __all__ = [
 class CheckFailed(AssertionError):
     r"""Raised when a check finds a mismatch; :attr:`result` holds the full :class:`CheckResult`."""
 
-    def __init__(self, result: "CheckResult") -> None:
+    def __init__(self, result: CheckResult) -> None:
         super().__init__(result.message)
         self.result = result
 
@@ -73,7 +74,7 @@ class CheckResult:
     expected: Any = None
     got: Any = None
     message: str = ""
-    details: list["CheckResult"] = field(default_factory=list)
+    details: list[CheckResult] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return self.ok
@@ -107,7 +108,7 @@ def _is_transform(m: nn.Module) -> bool:
 
 
 def _blame(
-    tc: nn.Module, x: Tensor, context: Tensor | None, check: Callable[..., "CheckResult"], **kwargs: Any
+    tc: nn.Module, x: Tensor, context: Tensor | None, check: Callable[..., CheckResult], **kwargs: Any
 ) -> str:
     # For a failing composite, find the first innermost sub-transform that fails the same check
     # on the input it receives inside the composite; returns "" when none can be singled out.

@@ -14,8 +14,9 @@ Requires ``hypothesis`` (``pip install flowkit[test]``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn

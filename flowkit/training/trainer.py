@@ -49,7 +49,18 @@ from flowkit.training.distributed import (
 )
 from flowkit.training.logging import RunLogger, format_terms
 from flowkit.training.settings import NonFiniteLossError, TrainSettings, derive_seed, epoch_order, labeled_mask, seed_everything
-from flowkit.training.step import Step, _adam, _clip, _collate, _DeviceBatch, _fill_empty_groups, _grads_finite, _Indexed, _param_groups, _Update
+from flowkit.training.step import (
+    Step,
+    _adam,
+    _clip,
+    _collate,
+    _DeviceBatch,
+    _fill_empty_groups,
+    _grads_finite,
+    _Indexed,
+    _param_groups,
+    _Update,
+)
 
 __all__ = [
     "NonFiniteLossError",

@@ -82,7 +82,7 @@ class TextDecoder(nn.Module):
         h, state = self.lstm(torch.cat([emb, latent.unsqueeze(1)], dim=-1), state)
         return F.log_softmax(self.out(h.squeeze(1)), dim=-1), state
 
-    def stepper(self, latent: Tensor) -> "DecodingStepper":
+    def stepper(self, latent: Tensor) -> DecodingStepper:
         r"""The decoding fast path for the latents (N, Z): see :class:`DecodingStepper`."""
         return DecodingStepper(self, latent)
 

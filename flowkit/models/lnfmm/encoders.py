@@ -169,7 +169,7 @@ class CellEncoder(nn.Module):
         self.trunk_frozen = True
         self.cells.eval()
 
-    def train(self, mode: bool = True) -> "CellEncoder":
+    def train(self, mode: bool = True) -> CellEncoder:
         super().train(mode)
         if self.trunk_frozen:
             self.cells.eval()  # a frozen trunk is a fixed function: running statistics always
