@@ -232,7 +232,11 @@ def build_nflows_nsf(k: int, d: int, c: int, hidden: int, depth: int) -> Model:
     for perm in permutations(k, d):
         layers.append(
             PiecewiseRationalQuadraticCouplingTransform(
-                mask, lambda i, o: _CatNet(i + c, o, hidden, depth), num_bins=BINS, tails="linear", tail_bound=BOUND  # noqa: B023
+                mask,
+                lambda i, o: _CatNet(i + c, o, hidden, depth),
+                num_bins=BINS,
+                tails="linear",
+                tail_bound=BOUND,  # noqa: B023
             )
         )
         layers.append(Permutation(perm))
@@ -249,7 +253,11 @@ def build_zuko_nsf(k: int, d: int, c: int, hidden: int, depth: int) -> Model:
     for perm in permutations(k, d):
         transforms.append(
             GeneralCouplingTransform(
-                d, c, mask=mask, univariate=MonotonicRQSTransform, shapes=[(BINS,), (BINS,), (BINS - 1,)],
+                d,
+                c,
+                mask=mask,
+                univariate=MonotonicRQSTransform,
+                shapes=[(BINS,), (BINS,), (BINS - 1,)],
                 hidden_features=(hidden,) * depth,
             )
         )
@@ -273,11 +281,7 @@ def build_nflows_maf(k: int, d: int, c: int, hidden: int, depth: int) -> Model:
     layers = []
     for _ in range(k):
         # num_blocks = depth - 1 plain masked blocks after the first layer: depth hidden layers.
-        layers.append(
-            MaskedAffineAutoregressiveTransform(
-                d, hidden, context_features=c, num_blocks=depth - 1, use_residual_blocks=False
-            )
-        )
+        layers.append(MaskedAffineAutoregressiveTransform(d, hidden, context_features=c, num_blocks=depth - 1, use_residual_blocks=False))
         layers.append(ReversePermutation(d))
     return _wrap("nflows", Flow(CompositeTransform(layers[:-1]), StandardNormal([d])), d, "nflows")
 
@@ -367,10 +371,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of flowkit")
     p.add_argument("--libs", default="flowkit,nflows,zuko,FrEIA", help="comma-separated libraries")
     p.add_argument("--no-profile", action="store_true", help="skip the profile of flowkit's sampling (matmul share)")
-    p.add_argument("--workload", default="coupling", choices=sorted(WORKLOADS),
-                   help="coupling: affine couplings (default); nsf: spline couplings; maf: masked autoregressive")
-    p.add_argument("--wide", action="store_true",
-                   help="the wider sizes of issue 13: context C = 256 and hidden width 256 (K = 8, D = 32, B = 256)")
+    p.add_argument(
+        "--workload",
+        default="coupling",
+        choices=sorted(WORKLOADS),
+        help="coupling: affine couplings (default); nsf: spline couplings; maf: masked autoregressive",
+    )
+    p.add_argument(
+        "--wide", action="store_true", help="the wider sizes of issue 13: context C = 256 and hidden width 256 (K = 8, D = 32, B = 256)"
+    )
     args = p.parse_args(argv)
     if args.wide:
         args.context, args.hidden = 256, 256
@@ -392,9 +401,12 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.randn(b, d, generator=g)
     ctx = torch.randn(b, c, generator=g)
 
-    print(f"# flows benchmark ({args.workload}): K={k} D={d} C={c} B={b} hidden={args.hidden}x{args.depth} "
-          f"samples={args.samples}x{b}, threads={args.threads}, torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}", flush=True)
+    print(
+        f"# flows benchmark ({args.workload}): K={k} D={d} C={c} B={b} hidden={args.hidden}x{args.depth} "
+        f"samples={args.samples}x{b}, threads={args.threads}, torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}",
+        flush=True,
+    )
     for m in models:
         t0 = time.perf_counter()
         for _ in range(args.warmup):
@@ -402,16 +414,15 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(max(1, args.warmup // 2)):
             sample_step(m, ctx, args.samples)
         loss = float(m.loss(x, ctx).detach())
-        print(f"  {m.name:20s} params={m.num_params:>8d}  loss={loss:9.4f}  warm-up {time.perf_counter() - t0:6.1f}s",
-              flush=True)
+        print(f"  {m.name:20s} params={m.num_params:>8d}  loss={loss:9.4f}  warm-up {time.perf_counter() - t0:6.1f}s", flush=True)
 
     # Interleaved repeats, rotating the order every round.
     for r in range(args.repeats):
-        order = models[r % len(models):] + models[: r % len(models)]
+        order = models[r % len(models) :] + models[: r % len(models)]
         for m in order:
             m.train_times.append(train_step(m, x, ctx))
     for r in range(args.sample_repeats):
-        order = models[r % len(models):] + models[: r % len(models)]
+        order = models[r % len(models) :] + models[: r % len(models)]
         for m in order:
             m.sample_times.append(sample_step(m, ctx, args.samples))
 
@@ -420,8 +431,9 @@ def main(argv: list[str] | None = None) -> None:
     med = {m.name: (statistics.median(m.train_times), statistics.median(m.sample_times)) for m in models}
     print()
     low = {m.name: (min(m.train_times), min(m.sample_times)) for m in models}
-    print("| library | params | train step, median (min) ms | flowkit / this, train | "
-          "sampling, median (min) ms | flowkit / this, sampling |")
+    print(
+        "| library | params | train step, median (min) ms | flowkit / this, train | sampling, median (min) ms | flowkit / this, sampling |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for m in models:
         tr, sa = med[m.name]
@@ -430,26 +442,36 @@ def main(argv: list[str] | None = None) -> None:
             ratio_t, ratio_s = f"{rt:.2f}", f"{rs:.2f}"
         else:
             ratio_t = ratio_s = "-"
-        print(f"| {m.name} | {m.num_params} | {fmt_ms(tr)} ({fmt_ms(low[m.name][0])}) | {ratio_t} | "
-              f"{fmt_ms(sa)} ({fmt_ms(low[m.name][1])}) | {ratio_s} |")
+        print(
+            f"| {m.name} | {m.num_params} | {fmt_ms(tr)} ({fmt_ms(low[m.name][0])}) | {ratio_t} | "
+            f"{fmt_ms(sa)} ({fmt_ms(low[m.name][1])}) | {ratio_s} |"
+        )
     if fk is not None:
         print()
         if peers:
             best_t = min(peers, key=lambda m: med[m.name][0])
             best_s = min(peers, key=lambda m: med[m.name][1])
-            print(f"- fastest peer, train step: {best_t.name} ({fmt_ms(med[best_t.name][0])} ms); "
-                  f"flowkit eager / it = {med['flowkit'][0] / med[best_t.name][0]:.2f} (target <= 1.00)")
-            print(f"- fastest peer, sampling: {best_s.name} ({fmt_ms(med[best_s.name][1])} ms); "
-                  f"flowkit eager / it = {med['flowkit'][1] / med[best_s.name][1]:.2f} (target <= 1.00)")
+            print(
+                f"- fastest peer, train step: {best_t.name} ({fmt_ms(med[best_t.name][0])} ms); "
+                f"flowkit eager / it = {med['flowkit'][0] / med[best_t.name][0]:.2f} (target <= 1.00)"
+            )
+            print(
+                f"- fastest peer, sampling: {best_s.name} ({fmt_ms(med[best_s.name][1])} ms); "
+                f"flowkit eager / it = {med['flowkit'][1] / med[best_s.name][1]:.2f} (target <= 1.00)"
+            )
         if "flowkit (compiled)" in med:
             ct, cs = med["flowkit (compiled)"]
-            print(f"- flowkit compiled speed-up over eager: train {med['flowkit'][0] / ct:.2f}x, "
-                  f"sampling {med['flowkit'][1] / cs:.2f}x (target >= 1.20x)")
+            print(
+                f"- flowkit compiled speed-up over eager: train {med['flowkit'][0] / ct:.2f}x, "
+                f"sampling {med['flowkit'][1] / cs:.2f}x (target >= 1.20x)"
+            )
         if not args.no_profile:
             for m in (x for x in models if x.name.startswith("flowkit")):
                 total, mm = matmul_time(m, ctx, args.samples)
-                print(f"- {m.name} sampling, profiled: {fmt_ms(total)} ms per run, of which matrix products "
-                      f"{fmt_ms(mm)} ms ({100 * mm / total:.0f}%); run time / matmul time = {total / mm:.2f}")
+                print(
+                    f"- {m.name} sampling, profiled: {fmt_ms(total)} ms per run, of which matrix products "
+                    f"{fmt_ms(mm)} ms ({100 * mm / total:.0f}%); run time / matmul time = {total / mm:.2f}"
+                )
         print("- ratios are of medians; flowkit / this < 1 means flowkit is faster")
 
 

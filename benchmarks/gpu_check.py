@@ -100,8 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     if not torch.cuda.is_available():
-        print("gpu_check: no CUDA device here (torch.cuda.is_available() is False); this check needs one GPU. "
-              "Nothing was run.", file=sys.stderr)
+        print(
+            "gpu_check: no CUDA device here (torch.cuda.is_available() is False); this check needs one GPU. Nothing was run.",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
 
     import torch.distributed as dist
@@ -113,8 +115,13 @@ def main(argv: list[str] | None = None) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     cfg = LNFMMConfig.paper(vocab_size=10324, max_caption_len=20)
-    res: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "python": platform.python_version(),
-                 "batch": args.batch, "checks": {}}
+    res: dict = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "batch": args.batch,
+        "checks": {},
+    }
 
     torch.manual_seed(0)
     model = LNFMM(cfg).to(dev).train()

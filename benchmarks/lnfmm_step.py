@@ -194,8 +194,7 @@ def _legacy_decode(decoder, latent, max_len: int, method: str, beam_width: int =
     return seqs[:, 0]
 
 
-def _sampling_case(threads: int, images_per_call: int, num_samples: int, repeats: int, end_bias: float,
-                   legacy: bool, queue) -> None:
+def _sampling_case(threads: int, images_per_call: int, num_samples: int, repeats: int, end_bias: float, legacy: bool, queue) -> None:
     r"""Paper-config caption sampling: images/s and the useful-work rate against plain matmuls.
 
     Useful work per decoded row-step = the gate matmul over [hidden, word embedding] plus the
@@ -282,9 +281,14 @@ def _sampling_case(threads: int, images_per_call: int, num_samples: int, repeats
             rate = statistics.median(rates)
             d = statistics.median(dec_t)
             row = {
-                "case": f"{method}, {name}", "images": images_per_call, "samples": num_samples,
-                "mean_tokens": mean_len, "decode_s": d, "matmul_gflops": rate / 1e9,
-                "useful_gflops": useful / d / 1e9, "ratio": useful / d / rate,
+                "case": f"{method}, {name}",
+                "images": images_per_call,
+                "samples": num_samples,
+                "mean_tokens": mean_len,
+                "decode_s": d,
+                "matmul_gflops": rate / 1e9,
+                "useful_gflops": useful / d / 1e9,
+                "ratio": useful / d / rate,
             }
             if total_t:
                 tot = statistics.median(total_t)
@@ -367,8 +371,12 @@ def _train_profile_case(batch: int, threads: int, repeats: int, queue) -> None:
         for _ in range(repeats):
             step(opt, parts)
         med = [statistics.median(p[i] for p in parts) for i in range(3)]
-        result["variants"][kind] = {"forward_s": med[0], "backward_s": med[1], "optimizer_s": med[2],
-                                    "total_s": statistics.median(sum(p) for p in parts)}
+        result["variants"][kind] = {
+            "forward_s": med[0],
+            "backward_s": med[1],
+            "optimizer_s": med[2],
+            "total_s": statistics.median(sum(p) for p in parts),
+        }
         print(f"done: train step with Adam {kind}", file=sys.stderr, flush=True)
         if kind == "foreach":
             with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -384,9 +392,14 @@ def _train_profile_case(batch: int, threads: int, repeats: int, queue) -> None:
                     rnn += ev.self_cpu_time_total
                 total += ev.self_cpu_time_total
             top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]
-            result["profile"] = {"total_s": total / 1e6, "matmul_s": matmul / 1e6, "lstm_s": rnn / 1e6,
-                                 "replayed_matmul_s": mm_s, "matmul_calls": len(calls),
-                                 "top": [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in top]}
+            result["profile"] = {
+                "total_s": total / 1e6,
+                "matmul_s": matmul / 1e6,
+                "lstm_s": rnn / 1e6,
+                "replayed_matmul_s": mm_s,
+                "matmul_calls": len(calls),
+                "top": [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in top],
+            }
         del opt
     queue.put(result)
 
@@ -396,8 +409,10 @@ def _train_profile_main(args) -> dict:
 
     r = _run(_train_profile_case, args.batch_profile, args.threads, args.paper_repeats)
     print(f"\nMachine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
-    print(f"LNFMMConfig.paper(vocab_size=10324, max_caption_len=20), {r['params_M']:.1f} M parameters, batch "
-          f"{args.batch_profile}: medians of {args.paper_repeats} steps\n")
+    print(
+        f"LNFMMConfig.paper(vocab_size=10324, max_caption_len=20), {r['params_M']:.1f} M parameters, batch "
+        f"{args.batch_profile}: medians of {args.paper_repeats} steps\n"
+    )
     print("| Adam | forward (s) | backward (s) | clip + optimizer (s) | step (s) |")
     print("|---|---:|---:|---:|---:|")
     for kind, v in r["variants"].items():
@@ -410,11 +425,15 @@ def _train_profile_main(args) -> dict:
         mm = p["matmul_s"] + p["lstm_s"]
         for kind, v in r["variants"].items():
             if "total_s" in v:
-                print(f"step with Adam {kind} / its own matmuls replayed ({p['matmul_calls']} calls, "
-                      f"{p['replayed_matmul_s']:.3f} s) = {v['total_s'] / p['replayed_matmul_s']:.2f}")
-        print(f"\nprofiled step (Adam foreach): {p['total_s']:.3f} s of op self time; matmuls {p['matmul_s']:.3f} s, "
-              f"LSTM kernels {p['lstm_s']:.3f} s; step / (matmuls + LSTM) = {p['total_s'] / mm:.2f}; "
-              f"step / matmuls only = {p['total_s'] / p['matmul_s']:.2f}")
+                print(
+                    f"step with Adam {kind} / its own matmuls replayed ({p['matmul_calls']} calls, "
+                    f"{p['replayed_matmul_s']:.3f} s) = {v['total_s'] / p['replayed_matmul_s']:.2f}"
+                )
+        print(
+            f"\nprofiled step (Adam foreach): {p['total_s']:.3f} s of op self time; matmuls {p['matmul_s']:.3f} s, "
+            f"LSTM kernels {p['lstm_s']:.3f} s; step / (matmuls + LSTM) = {p['total_s'] / mm:.2f}; "
+            f"step / matmuls only = {p['total_s'] / p['matmul_s']:.2f}"
+        )
         for key, t, n in p["top"]:
             print(f"  {key:40s} {t:8.3f} s  ({n} calls)")
     if args.json is not None:
@@ -442,14 +461,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sample-images", type=int, default=16)
     parser.add_argument("--num-samples", type=int, default=100)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
-    parser.add_argument("--sampling", action="store_true",
-                        help="only the paper-config caption sampling against its own matmul rate")
+    parser.add_argument("--sampling", action="store_true", help="only the paper-config caption sampling against its own matmul rate")
     parser.add_argument("--sampling-images", type=int, default=4, help="images per sample_captions call")
     parser.add_argument("--sampling-repeats", type=int, default=3)
-    parser.add_argument("--end-bias", type=float, default=0.0,
-                        help="added to the end token's output bias (a stand-in for a trained model's lengths)")
-    parser.add_argument("--profile-train", action="store_true",
-                        help="only the paper-config train step against its own matmul time, and Adam variants")
+    parser.add_argument(
+        "--end-bias", type=float, default=0.0, help="added to the end token's output bias (a stand-in for a trained model's lengths)"
+    )
+    parser.add_argument(
+        "--profile-train", action="store_true", help="only the paper-config train step against its own matmul time, and Adam variants"
+    )
     parser.add_argument("--batch-profile", type=int, default=32)
     parser.add_argument("--no-legacy", action="store_true", help="skip the before-issue-13 decoder")
     args = parser.parse_args(argv)
@@ -471,8 +491,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(_run(_train_case, name, int(b), args.threads, warmup, repeats))
         print(f"done: {rows[-1]['case']}", file=sys.stderr, flush=True)
 
-    print(f"\nMachine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
-          f"python {platform.python_version()}\n")
+    print(
+        f"\nMachine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
+        f"python {platform.python_version()}\n"
+    )
     print("| case | params (M) | median (s) | min (s) | peak RSS over baseline (MiB) | throughput |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -486,19 +508,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def _sampling_main(args) -> list[dict]:
     import torch
 
-    rows = _run(_sampling_case, args.threads, args.sampling_images, args.num_samples, args.sampling_repeats,
-                args.end_bias, not args.no_legacy)
-    print(f"\nMachine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
-          f"python {platform.python_version()}")
-    print(f"LNFMMConfig.paper(vocab_size=10324, max_caption_len=20), untrained, {args.sampling_images} images x "
-          f"{args.num_samples} samples per call, end bias {args.end_bias}\n")
-    print("| decoder | tokens/caption | decode (s) | useful GFLOP/s | matmul GFLOP/s | ratio (decode) | "
-          "sample_captions (s) | ratio (whole call) | images/s |")
+    rows = _run(
+        _sampling_case, args.threads, args.sampling_images, args.num_samples, args.sampling_repeats, args.end_bias, not args.no_legacy
+    )
+    print(
+        f"\nMachine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
+        f"python {platform.python_version()}"
+    )
+    print(
+        f"LNFMMConfig.paper(vocab_size=10324, max_caption_len=20), untrained, {args.sampling_images} images x "
+        f"{args.num_samples} samples per call, end bias {args.end_bias}\n"
+    )
+    print(
+        "| decoder | tokens/caption | decode (s) | useful GFLOP/s | matmul GFLOP/s | ratio (decode) | "
+        "sample_captions (s) | ratio (whole call) | images/s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        tot = (f"{r['total_s']:.2f} | {r['ratio_total']:.2f} | {r['images_per_s']:.2f}" if "total_s" in r else "- | - | -")
-        print(f"| {r['case']} | {r['mean_tokens']:.1f} | {r['decode_s']:.2f} | {r['useful_gflops']:.1f} | "
-              f"{r['matmul_gflops']:.1f} | {r['ratio']:.2f} | {tot} |")
+        tot = f"{r['total_s']:.2f} | {r['ratio_total']:.2f} | {r['images_per_s']:.2f}" if "total_s" in r else "- | - | -"
+        print(
+            f"| {r['case']} | {r['mean_tokens']:.1f} | {r['decode_s']:.2f} | {r['useful_gflops']:.1f} | "
+            f"{r['matmul_gflops']:.1f} | {r['ratio']:.2f} | {tot} |"
+        )
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2))
     return rows

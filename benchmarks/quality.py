@@ -106,20 +106,43 @@ IMAGE_COLUMNS = [
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="LNFMM vs CVAE, LNFMM-MSE and LNFMM-TXT on the embedded shapes data.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--task", choices=["frontier", "t2i-frontier", "ablations"], default="ablations",
-                   help="the accuracy-coverage frontier of LNFMM and its baselines, the text-to-image accuracy-spread frontier, or the pixel ablation table")
-    p.add_argument("--models", nargs="+", choices=list(FRONTIER_MODELS), default=None, help="frontier: models to compare (default: all of the task)")
-    p.add_argument("--figure", default=None, help="frontier: the PNG (default docs/img/frontier_captioning.png or docs/img/frontier_text_to_image.png)")
-    p.add_argument("--combine", nargs="+", metavar="DIR", default=None, help="frontier: merge the frontier.json of earlier runs (e.g. one per seed) instead of training")
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["lnfmm", "cvae", "mse", "txt"], help="ablations: models to compare")
-    p.add_argument("--steps", type=int, default=None, help="training steps per model (default: 1500 for ablations, the recipe's for the frontier)")
+    p = argparse.ArgumentParser(
+        description="LNFMM vs CVAE, LNFMM-MSE and LNFMM-TXT on the embedded shapes data.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--task",
+        choices=["frontier", "t2i-frontier", "ablations"],
+        default="ablations",
+        help="the accuracy-coverage frontier of LNFMM and its baselines, the text-to-image accuracy-spread frontier, or the pixel ablation table",
+    )
+    p.add_argument(
+        "--models", nargs="+", choices=list(FRONTIER_MODELS), default=None, help="frontier: models to compare (default: all of the task)"
+    )
+    p.add_argument(
+        "--figure", default=None, help="frontier: the PNG (default docs/img/frontier_captioning.png or docs/img/frontier_text_to_image.png)"
+    )
+    p.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="DIR",
+        default=None,
+        help="frontier: merge the frontier.json of earlier runs (e.g. one per seed) instead of training",
+    )
+    p.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=["lnfmm", "cvae", "mse", "txt"], help="ablations: models to compare"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="training steps per model (default: 1500 for ablations, the recipe's for the frontier)"
+    )
     p.add_argument("--batch-size", type=int, default=32, help="pairs per step")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (each variant is trained once per seed)")
     p.add_argument("--train-images", type=int, default=2000, help="training images (5 captions each)")
     p.add_argument("--test-images", type=int, default=100, help="test images evaluated")
     p.add_argument("--num-samples", type=int, default=100, help="captions sampled per test image")
-    p.add_argument("--t2i-captions", type=int, default=20, help="captions of the text-to-image evaluation (t2i-frontier: test captions judged)")
+    p.add_argument(
+        "--t2i-captions", type=int, default=20, help="captions of the text-to-image evaluation (t2i-frontier: test captions judged)"
+    )
     p.add_argument("--t2i-samples", type=int, default=16, help="images per caption")
     p.add_argument("--ivom-steps", type=int, default=50, help="IvOM Adam steps per restart")
     p.add_argument("--ivom-restarts", type=int, default=2, help="IvOM restarts")
@@ -163,8 +186,13 @@ def table(runs: dict[str, list[dict[str, Any]]], columns: list[tuple[str, tuple[
     return "\n".join(lines)
 
 
-FRONTIER_MODELS = {"lnfmm": "LNFMM (captioning recipe)", "captioner": "supervised captioner (no latent)", "cvae": "CVAE (Gaussian prior, free bits)",
-                   "t2i": "LNFMM (text-to-image recipe)", "t2i-deterministic": "deterministic caption -> image (no z'_v)"}
+FRONTIER_MODELS = {
+    "lnfmm": "LNFMM (captioning recipe)",
+    "captioner": "supervised captioner (no latent)",
+    "cvae": "CVAE (Gaussian prior, free bits)",
+    "t2i": "LNFMM (text-to-image recipe)",
+    "t2i-deterministic": "deterministic caption -> image (no z'_v)",
+}
 T2I_RECIPES = {"t2i": "text_to_image", "t2i-deterministic": "text_to_image_deterministic"}
 
 
@@ -196,12 +224,18 @@ def coverage_at(points: list[FrontierPoint], accuracy: float) -> float:
 
 
 def frontier_table(curves: dict[str, list[list[FrontierPoint]]], images: bool = False) -> str:
-    head = "| model | setting | judged accuracy | free-attribute spread | captions with a true image |" if images else "| model | setting | accuracy | coverage | distinct of the samples |"
+    head = (
+        "| model | setting | judged accuracy | free-attribute spread | captions with a true image |"
+        if images
+        else "| model | setting | accuracy | coverage | distinct of the samples |"
+    )
     lines = [head, "|---|---|---|---|---|"]
     for name, runs in curves.items():
         for k, p in enumerate(runs[0]):
             at_k = [r[k] for r in runs]
-            accuracy, coverage, distinct = (_cell([getattr(q, a) for q in at_k], d) for a, d in (("accuracy", 3), ("coverage", 4), ("distinct", 3)))
+            accuracy, coverage, distinct = (
+                _cell([getattr(q, a) for q in at_k], d) for a, d in (("accuracy", 3), ("coverage", 4), ("distinct", 3))
+            )
             lines.append(f"| {FRONTIER_MODELS[name]} | {p.label} | {accuracy} | {coverage} | {distinct} |")
     return "\n".join(lines)
 
@@ -217,7 +251,9 @@ def equal_accuracy_ratios(curves: dict[str, list[list[FrontierPoint]]]) -> list[
             top = lnfmm[-1]
             theirs = coverage_at(other, top.accuracy)
             ratios.append(top.coverage / theirs if theirs > 0 else float("nan"))
-        lines.append(f"LNFMM at T=1 vs {FRONTIER_MODELS[base]} at equal accuracy: coverage ratio {', '.join(f'{r:.2f}' for r in ratios)} (per seed; nan: that accuracy is outside its curve)")
+        lines.append(
+            f"LNFMM at T=1 vs {FRONTIER_MODELS[base]} at equal accuracy: coverage ratio {', '.join(f'{r:.2f}' for r in ratios)} (per seed; nan: that accuracy is outside its curve)"
+        )
     return lines
 
 
@@ -238,8 +274,11 @@ def train_frontier(args: argparse.Namespace, progress: bool) -> dict[str, list[l
             model = trainer.module.cpu().eval()
             points = caption_frontier(model, data, settings_list, scenes, num_samples=args.num_samples, limit=args.test_images, seed=seed)
             curves[name].append(points)
-            print(f"== {FRONTIER_MODELS[name]}, seed {seed}, {steps} steps ({time.perf_counter() - t0:.0f}s): "
-                  + "; ".join(f"{p.label} {p.accuracy:.3f}/{p.coverage:.4f}" for p in points), flush=True)
+            print(
+                f"== {FRONTIER_MODELS[name]}, seed {seed}, {steps} steps ({time.perf_counter() - t0:.0f}s): "
+                + "; ".join(f"{p.label} {p.accuracy:.3f}/{p.coverage:.4f}" for p in points),
+                flush=True,
+            )
     return curves
 
 
@@ -258,10 +297,20 @@ def train_image_frontier(args: argparse.Namespace, progress: bool) -> dict[str, 
         for seed in args.seeds:
             t0 = time.perf_counter()
             budget = {**recipe.settings(), "steps": args.steps or recipe.steps, "validate_every": 0}
-            trainer = train(recipe.config, data, TrainSettings(**budget, seed=seed, progress=progress, log_every=50), out=Path(args.out) / f"{name}_seed{seed}", meta={"preset": recipe.name})
+            trainer = train(
+                recipe.config,
+                data,
+                TrainSettings(**budget, seed=seed, progress=progress, log_every=50),
+                out=Path(args.out) / f"{name}_seed{seed}",
+                meta={"preset": recipe.name},
+            )
             points = image_frontier(trainer.module.cpu().eval(), captions, data.vocab, num_samples=args.t2i_samples, judge=judge, seed=seed)
             curves[name].append(points)
-            print(f"== {FRONTIER_MODELS[name]}, seed {seed} ({time.perf_counter() - t0:.0f}s): " + "; ".join(f"{p.label} {p.accuracy:.3f}/{p.coverage:.3f}" for p in points), flush=True)
+            print(
+                f"== {FRONTIER_MODELS[name]}, seed {seed} ({time.perf_counter() - t0:.0f}s): "
+                + "; ".join(f"{p.label} {p.accuracy:.3f}/{p.coverage:.3f}" for p in points),
+                flush=True,
+            )
     return curves
 
 
@@ -282,17 +331,34 @@ def run_frontier(args: argparse.Namespace) -> int:
     curves = load_frontiers(args.combine) if args.combine else (train_image_frontier if images else train_frontier)(args, progress)
     seeds = len(next(iter(curves.values())))
     if images:
-        png = plot_frontier({FRONTIER_MODELS[k]: v for k, v in curves.items()}, Path(args.figure), xlabel="free-attribute spread (0..1)",
-                            ylabel="images judged true of their caption", title=f"text-to-image, {args.t2i_captions} test captions x {args.t2i_samples} images, {seeds} seeds")
+        png = plot_frontier(
+            {FRONTIER_MODELS[k]: v for k, v in curves.items()},
+            Path(args.figure),
+            xlabel="free-attribute spread (0..1)",
+            ylabel="images judged true of their caption",
+            title=f"text-to-image, {args.t2i_captions} test captions x {args.t2i_samples} images, {seeds} seeds",
+        )
     else:
-        png = plot_frontier({FRONTIER_MODELS[k]: v for k, v in curves.items()}, Path(args.figure),
-                            title=f"shapes data, {args.test_images} test images x {args.num_samples} samples, {seeds} seeds")
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s)"
-    md = "\n".join([
-        f"Command: `python benchmarks/quality.py {' '.join(sys.argv[1:])}`  ",
-        f"Machine: {machine}; {time.perf_counter() - start:.0f}s. Budget per model and seed: {args.steps or 'the recipe'} steps.  ",
-        "", frontier_table(curves, images), "", *equal_accuracy_ratios(curves), "", f"![frontier]({png})",
-    ])
+        png = plot_frontier(
+            {FRONTIER_MODELS[k]: v for k, v in curves.items()},
+            Path(args.figure),
+            title=f"shapes data, {args.test_images} test images x {args.num_samples} samples, {seeds} seeds",
+        )
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s)"
+    )
+    md = "\n".join(
+        [
+            f"Command: `python benchmarks/quality.py {' '.join(sys.argv[1:])}`  ",
+            f"Machine: {machine}; {time.perf_counter() - start:.0f}s. Budget per model and seed: {args.steps or 'the recipe'} steps.  ",
+            "",
+            frontier_table(curves, images),
+            "",
+            *equal_accuracy_ratios(curves),
+            "",
+            f"![frontier]({png})",
+        ]
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "frontier.md").write_text(md + "\n")
     (out / "frontier.json").write_text(json.dumps({k: [[p.to_json() for p in r] for r in v] for k, v in curves.items()}, indent=1) + "\n")
@@ -320,23 +386,53 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             print(f"\n== {name}, seed {seed}: {args.steps or 1500} steps", flush=True)
             meta = {"data": {"data": "shapes", "sizes": sizes, "data_seed": args.data_seed}, "preset": "small"}
-            trainer = train(LNFMMConfig.small(**overrides), data, TrainSettings(steps=args.steps or 1500, batch_size=args.batch_size, seed=seed, progress=progress), out=out / f"{key}_seed{seed}", meta=meta)
+            trainer = train(
+                LNFMMConfig.small(**overrides),
+                data,
+                TrainSettings(steps=args.steps or 1500, batch_size=args.batch_size, seed=seed, progress=progress),
+                out=out / f"{key}_seed{seed}",
+                meta=meta,
+            )
             model = trainer.module.cpu().eval()
             train_s = time.perf_counter() - t0
-            cap = evaluate_captioning(model, data, num_samples=args.num_samples, limit=args.test_images, seed=seed, progress=progress, figure_images=0).to_json()
+            cap = evaluate_captioning(
+                model, data, num_samples=args.num_samples, limit=args.test_images, seed=seed, progress=progress, figure_images=0
+            ).to_json()
             t2i = evaluate_text_to_image(
-                model, data, num_captions=args.t2i_captions, num_samples=args.t2i_samples, classifier=judge,
-                ivom_steps=args.ivom_steps, ivom_restarts=args.ivom_restarts, seed=seed, progress=progress, figure_captions=0,
+                model,
+                data,
+                num_captions=args.t2i_captions,
+                num_samples=args.t2i_samples,
+                classifier=judge,
+                ivom_steps=args.ivom_steps,
+                ivom_restarts=args.ivom_restarts,
+                seed=seed,
+                progress=progress,
+                figure_captions=0,
             ).to_json()
             for part in (cap, t2i):
                 for k in ("samples", "ranked", "references", "free_attribute_spread_per_caption"):
                     part.pop(k, None)
             probe = probe_image_codes(model, data, num_train=args.train_images, num_test=args.test_images)
-            runs[key].append({"seed": seed, "train_seconds": train_s, "seconds": time.perf_counter() - t0, "captioning": cap, "text_to_image": t2i, "probe": probe})
-            print(f"   oracle C {cap['oracle']['CIDEr']:.3f}, consensus C {cap['consensus']['CIDEr']:.3f}, unique {cap['diversity']['unique']:.1f}%, "
-                  f"GT accuracy {cap['ground_truth']['accuracy']:.3f}, T2I accuracy {t2i.get('caption_accuracy', float('nan')):.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            runs[key].append(
+                {
+                    "seed": seed,
+                    "train_seconds": train_s,
+                    "seconds": time.perf_counter() - t0,
+                    "captioning": cap,
+                    "text_to_image": t2i,
+                    "probe": probe,
+                }
+            )
+            print(
+                f"   oracle C {cap['oracle']['CIDEr']:.3f}, consensus C {cap['consensus']['CIDEr']:.3f}, unique {cap['diversity']['unique']:.1f}%, "
+                f"GT accuracy {cap['ground_truth']['accuracy']:.3f}, T2I accuracy {t2i.get('caption_accuracy', float('nan')):.3f} ({time.perf_counter() - t0:.0f}s)",
+                flush=True,
+            )
 
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s)"
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s)"
+    )
     command = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
     header = [
         f"Command: `{command}`  ",
@@ -351,8 +447,18 @@ def main(argv: list[str] | None = None) -> int:
         header
         + ["", "Accuracy (Tables 1, 2: oracle over all samples, consensus re-ranked top-1):", "", table(runs, CAPTION_COLUMNS)]
         + ["", "Diversity of the best 5 (Table 3) and exact ground truth over all samples:", "", table(runs, DIVERSITY_COLUMNS)]
-        + ["", "Linear probes of the image shared code (test accuracy; `flowkit.evaluation.probe_image_codes`):", "", table(runs, PROBE_COLUMNS)]
-        + ["", "Text-to-image (Table 6 and classifier judges; pixel diversity is RMS pixel distance, not LPIPS):", "", table(runs, IMAGE_COLUMNS)]
+        + [
+            "",
+            "Linear probes of the image shared code (test accuracy; `flowkit.evaluation.probe_image_codes`):",
+            "",
+            table(runs, PROBE_COLUMNS),
+        ]
+        + [
+            "",
+            "Text-to-image (Table 6 and classifier judges; pixel diversity is RMS pixel distance, not LPIPS):",
+            "",
+            table(runs, IMAGE_COLUMNS),
+        ]
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.md").write_text(md + "\n")

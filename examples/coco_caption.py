@@ -59,7 +59,15 @@ from flowkit.models import LNFMMConfig
 from flowkit.models.lnfmm.recipes import captioning_recipe
 from flowkit.training import TrainSettings, train
 
-TINY = {"sizes": {"train": 120, "val": 8, "test": 8}, "steps": 30, "test_images": 4, "num_samples": 10, "batch_size": 16, "pretrain_steps": 20, "trunk_images": 200}
+TINY = {
+    "sizes": {"train": 120, "val": 8, "test": 8},
+    "steps": 30,
+    "test_images": 4,
+    "num_samples": 10,
+    "batch_size": 16,
+    "pretrain_steps": 20,
+    "trunk_images": 200,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,18 +76,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "then print sampled captions and the paper's metric tables and write a report.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--coco-root", metavar="PATH", default=None, help="real COCO-format folder (Karpathy split file dataset_coco.json); uses LNFMMConfig.paper()")
-    p.add_argument("--features", metavar="FILE", default=None, help="pre-extracted image features keyed by image id (e.g. VGG-16 fc7), with --coco-root")
-    p.add_argument("--pixels", action="store_true", help="embedded data: train LNFMMConfig.small() end to end on pixels instead of the captioning recipe on features")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the captioning recipe's budget; 1500 with --pixels; 100000 on COCO)")
+    p.add_argument(
+        "--coco-root",
+        metavar="PATH",
+        default=None,
+        help="real COCO-format folder (Karpathy split file dataset_coco.json); uses LNFMMConfig.paper()",
+    )
+    p.add_argument(
+        "--features",
+        metavar="FILE",
+        default=None,
+        help="pre-extracted image features keyed by image id (e.g. VGG-16 fc7), with --coco-root",
+    )
+    p.add_argument(
+        "--pixels",
+        action="store_true",
+        help="embedded data: train LNFMMConfig.small() end to end on pixels instead of the captioning recipe on features",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps (default: the captioning recipe's budget; 1500 with --pixels; 100000 on COCO)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="pairs per step (default: the recipe's; 128 on COCO)")
     p.add_argument("--out", default="runs/coco_caption", help="output folder: the run (checkpoint) in OUT/run, the report in OUT/report")
     p.add_argument("--num-samples", type=int, default=100, help="captions sampled per test image (the paper's protocol: 100)")
     p.add_argument("--test-images", type=int, default=100, help="test images evaluated (the first N of the test split)")
-    p.add_argument("--train-images", type=int, default=DEFAULT_SIZES["train"], help="training images of the embedded data (5 captions each)")
+    p.add_argument(
+        "--train-images", type=int, default=DEFAULT_SIZES["train"], help="training images of the embedded data (5 captions each)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the training (initialization, noise, data order) and of the sampling")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the generated shapes data")
-    p.add_argument("--export-root", default=None, help="where to export the shapes data (default $FLOWKIT_CACHE/shapes_coco or ~/.cache/flowkit/shapes_coco)")
+    p.add_argument(
+        "--export-root",
+        default=None,
+        help="where to export the shapes data (default $FLOWKIT_CACHE/shapes_coco or ~/.cache/flowkit/shapes_coco)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads; 1 is fastest on 2 shared cores, try 2 on an idle machine")
     p.add_argument("--show", type=int, default=3, help="test images whose captions are printed")
     p.add_argument("--no-frontier", action="store_true", help="skip the accuracy-coverage sweep over temperatures")
@@ -102,8 +135,18 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[data] real COCO at {root} (Karpathy split)" + (f", features {args.features}" if args.features else ""))
         data = load_caption_data("coco", root=root, features=args.features, split_scheme="karpathy", progress=progress)
         meta = {"data": "coco", "coco_root": str(root), "features": args.features, "split_scheme": "karpathy"}
-        return dict(data=data, root=root, scenes=None, config=LNFMMConfig.paper(), preset="paper", steps=args.steps or 100000,
-                    batch_size=args.batch_size or 128, meta=meta, validate_every=0, lr_schedule="constant")
+        return dict(
+            data=data,
+            root=root,
+            scenes=None,
+            config=LNFMMConfig.paper(),
+            preset="paper",
+            steps=args.steps or 100000,
+            batch_size=args.batch_size or 128,
+            meta=meta,
+            validate_every=0,
+            lr_schedule="constant",
+        )
     sizes = dict(TINY["sizes"]) if args.tiny else {**DEFAULT_SIZES, "train": args.train_images}
     t0 = time.perf_counter()
     root = export_shapes(args, sizes)
@@ -127,8 +170,18 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         schedule = recipe.lr_schedule
     if args.tiny:
         steps, batch_size, every = TINY["steps"], TINY["batch_size"], 10
-    return dict(data=data, root=root, scenes=scenes, config=config, preset=preset, steps=args.steps or steps,
-                batch_size=args.batch_size or batch_size, meta=meta, validate_every=every, lr_schedule=schedule)
+    return dict(
+        data=data,
+        root=root,
+        scenes=scenes,
+        config=config,
+        preset=preset,
+        steps=args.steps or steps,
+        batch_size=args.batch_size or batch_size,
+        meta=meta,
+        validate_every=every,
+        lr_schedule=schedule,
+    )
 
 
 def pixels_of(root: Path) -> Callable[[int], torch.Tensor]:
@@ -147,7 +200,9 @@ def probes(model: torch.nn.Module, data: Any, scenes: dict[int, Any]) -> dict[st
         tr = list(dict.fromkeys(data.train.image_ids))[:2000]
         te = list(dict.fromkeys(data.test.image_ids))[:500]
         feats = lambda ids, d: torch.stack([d.images(i) for i in ids])  # noqa: E731
-        out["features"] = probe_scene_attributes(feats(tr, data.train), [scenes[i] for i in tr], feats(te, data.test), [scenes[i] for i in te])
+        out["features"] = probe_scene_attributes(
+            feats(tr, data.train), [scenes[i] for i in tr], feats(te, data.test), [scenes[i] for i in te]
+        )
     return out
 
 
@@ -162,14 +217,23 @@ def main(argv: list[str] | None = None) -> int:
     run = prepare(args)
     data, scenes, steps, batch_size = run["data"], run["scenes"], run["steps"], run["batch_size"]
     n_train = len(set(data.train.image_ids))
-    print(f"[data] {n_train} training images ({len(data.train)} pairs), {len(data.val)} val, {len(data.test)} test; vocabulary {len(data.vocab)} tokens")
+    print(
+        f"[data] {n_train} training images ({len(data.train)} pairs), {len(data.val)} val, {len(data.test)} test; vocabulary {len(data.vocab)} tokens"
+    )
 
     # training with flowkit's engine (checkpoint, config, vocab, log and learning curve in OUT/run)
     out = Path(args.out)
     run_dir = out / "run"
     validate = caption_validator(data, scenes) if scenes is not None and run["validate_every"] else None
-    settings = TrainSettings(steps=steps, batch_size=batch_size, seed=args.seed, progress=progress, log_every=10,
-                             validate_every=run["validate_every"] if validate else 0, lr_schedule=run["lr_schedule"])
+    settings = TrainSettings(
+        steps=steps,
+        batch_size=batch_size,
+        seed=args.seed,
+        progress=progress,
+        log_every=10,
+        validate_every=run["validate_every"] if validate else 0,
+        lr_schedule=run["lr_schedule"],
+    )
     t0 = time.perf_counter()
     trainer = train(run["config"], data, settings, out=run_dir, meta={"data": run["meta"], "preset": run["preset"]}, validate=validate)
     train_s = time.perf_counter() - t0
@@ -181,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     num_samples = TINY["num_samples"] if args.tiny and args.num_samples == 100 else args.num_samples
     test_images = TINY["test_images"] if args.tiny and args.test_images == 100 else args.test_images
     t0 = time.perf_counter()
-    results = evaluate_captioning(model, data, "test", num_samples=num_samples, limit=test_images, scenes=scenes, seed=args.seed, progress=progress)
+    results = evaluate_captioning(
+        model, data, "test", num_samples=num_samples, limit=test_images, scenes=scenes, seed=args.seed, progress=progress
+    )
     eval_s = time.perf_counter() - t0
     if data.image_kind == "features" and scenes is not None:  # the caption sheet shows the export's PNGs
         results.samples.pixels = pixels_of(run["root"])
@@ -208,22 +274,36 @@ def main(argv: list[str] | None = None) -> int:
             points = caption_frontier(model, data, lnfmm_settings(), scenes, num_samples=num_samples, limit=test_images, seed=args.seed)
             extra["frontier"] = [p.to_json() for p in points]
             ref = results.get("ground_truth", {}).get("reference_coverage")
-            png = plot_frontier({"LNFMM (captioning recipe)" if not args.pixels else "LNFMM small() (pixels)": [points]}, out / "report" / "frontier.png", reference_coverage=ref)
-            print("[frontier] " + "; ".join(f"{p.label}: accuracy {p.accuracy:.3f}, coverage {p.coverage:.4f}" for p in points) + f" -> {png}")
+            png = plot_frontier(
+                {"LNFMM (captioning recipe)" if not args.pixels else "LNFMM small() (pixels)": [points]},
+                out / "report" / "frontier.png",
+                reference_coverage=ref,
+            )
+            print(
+                "[frontier] " + "; ".join(f"{p.label}: accuracy {p.accuracy:.3f}, coverage {p.coverage:.4f}" for p in points) + f" -> {png}"
+            )
         print()
 
     # the report
     total_s = time.perf_counter() - start
-    model_name = {"paper": "LNFMMConfig.paper()", "small": "LNFMMConfig.small() on pixels", "captioning": "captioning recipe (LNFMMConfig.captioning() on shapes-trunk features)"}[run["preset"]]
+    model_name = {
+        "paper": "LNFMMConfig.paper()",
+        "small": "LNFMMConfig.small() on pixels",
+        "captioning": "captioning recipe (LNFMMConfig.captioning() on shapes-trunk features)",
+    }[run["preset"]]
     meta = {
-        "data": f"COCO at {run['root']}" if args.coco_root else f"embedded shapes data exported to COCO format at {run['root']}, loaded with pycocotools",
+        "data": f"COCO at {run['root']}"
+        if args.coco_root
+        else f"embedded shapes data exported to COCO format at {run['root']}, loaded with pycocotools",
         "model": model_name,
         "training": f"{steps} steps, batch {batch_size}, {run['lr_schedule']} learning rate, seed {args.seed}, {train_s:.0f}s",
         "evaluation": f"{results['num_images']} test images x {num_samples} samples, {eval_s:.0f}s",
         "checkpoint": str(run_dir),
         "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s), flowkit {flowkit.__version__}",
         "wall time": f"{total_s:.0f}s",
-        "SPICE": "computed" if spice_available() else "not computed (its Stanford CoreNLP jars are absent; pycocoevalcap cannot fetch them offline)",
+        "SPICE": "computed"
+        if spice_available()
+        else "not computed (its Stanford CoreNLP jars are absent; pycocoevalcap cannot fetch them offline)",
     }
     paths = write_report({"captioning": results, **extra, "meta": meta}, out / "report", title="LNFMM diverse captioning")
     print(f"[report] {paths['markdown']} (+ {', '.join(p.name for k, p in paths.items() if k != 'markdown')})")

@@ -48,13 +48,21 @@ from flowkit.io import atomic_write_json
 from flowkit.models.lnfmm.recipes import text_to_image_recipe
 from flowkit.training import TrainSettings, train
 
-CAPTIONS = ["a red circle", "a large blue square", "a small yellow star in the bottom row", "a green triangle to the left of a purple circle"]
+CAPTIONS = [
+    "a red circle",
+    "a large blue square",
+    "a small yellow star in the bottom row",
+    "a green triangle to the left of a purple circle",
+]
 TEMPERATURES = (0.0, 0.5, 1.0)  # the last is the reported one
 TINY = {"sizes": {"train": 120, "val": 8, "test": 8}, "steps": 20, "batch_size": 16, "test_images": 4}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Diverse text-to-image samples from LNFMM, judged, as a PNG grid.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="Diverse text-to-image samples from LNFMM, judged, as a PNG grid.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--checkpoint", default=None, help="a trained text-to-image run folder; default: train one")
     p.add_argument("--caption", action="append", default=None, help="a display caption (repeatable); default four shapes captions")
     p.add_argument("--num-samples", type=int, default=16, help="images per caption")
@@ -64,7 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the training and of the sampling")
     p.add_argument("--out", default="runs/text_to_image", help="output folder (the run in OUT/run, results.json and the grid in OUT)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (the job runs alone on 2 cores)")
-    p.add_argument("--tiny", action="store_true", help="a smoke run: 120 training images, 20 steps, 4 test captions, a quickly trained judge")
+    p.add_argument(
+        "--tiny", action="store_true", help="a smoke run: 120 training images, 20 steps, 4 test captions, a quickly trained judge"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p.parse_args(argv)
 
@@ -94,8 +104,18 @@ def judge_captions(model: torch.nn.Module, captions: list[str], vocab: Vocabular
     r"""Accuracy and free-attribute spread of generated images at each temperature."""
     points = image_frontier(model, captions, vocab, TEMPERATURES, args.num_samples, judge, seed=args.seed, progress=not args.no_progress)
     for p in points:
-        print(f"[judge] {p.label:<6} accuracy {p.accuracy:.3f}  free-attribute spread {p.coverage:.3f} ({p.distinct:.0f}/{len(captions)} captions with a true image)")
-    frontier = [{"temperature": t, "accuracy": p.accuracy, "free_attribute_spread": _finite(p.coverage), "captions_with_a_true_image": int(p.distinct)} for t, p in zip(TEMPERATURES, points)]
+        print(
+            f"[judge] {p.label:<6} accuracy {p.accuracy:.3f}  free-attribute spread {p.coverage:.3f} ({p.distinct:.0f}/{len(captions)} captions with a true image)"
+        )
+    frontier = [
+        {
+            "temperature": t,
+            "accuracy": p.accuracy,
+            "free_attribute_spread": _finite(p.coverage),
+            "captions_with_a_true_image": int(p.distinct),
+        }
+        for t, p in zip(TEMPERATURES, points)
+    ]
     return {"accuracy": points[-1].accuracy, "free_attribute_spread": _finite(points[-1].coverage), "frontier": frontier}
 
 
@@ -119,14 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     if not model.config.pixels:
         raise SystemExit("this model works on image features and cannot draw images; train the text-to-image recipe")
 
-    judge = get_attribute_classifier(ClassifierConfig(train_size=256, test_size=64, epochs=1) if args.tiny else None, progress=not args.no_progress)
+    judge = get_attribute_classifier(
+        ClassifierConfig(train_size=256, test_size=64, epochs=1) if args.tiny else None, progress=not args.no_progress
+    )
     n = min(TINY["test_images"] if args.tiny else args.test_images, len(data.test))
     test_captions = [data.references["test"][int(data.test[i]["image_id"])][0] for i in range(n)]
     results = judge_captions(model, test_captions, vocab, judge, args)
 
     display = (args.caption or CAPTIONS) + test_captions[:4]
     images = sample_images_for_captions(model, display, vocab, args.num_samples, 1.0, seed=args.seed)
-    grid = plot_image_grid(display, images, out / "text_to_image.png", max_samples=min(8, args.num_samples), title="samples at temperature 1")
+    grid = plot_image_grid(
+        display, images, out / "text_to_image.png", max_samples=min(8, args.num_samples), title="samples at temperature 1"
+    )
     print(f"\n{'caption':<52} {'accuracy':>8} {'spread':>7}")
     for c, imgs in zip(display, images):
         try:
@@ -135,12 +159,22 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:  # not a caption of the shapes grammar
             print(f"{c:<52} {'n/a':>8} {'n/a':>7}  ({e})")
 
-    record = {"text_to_image": {**results, "test_captions": n, "samples_per_caption": args.num_samples, "judge": "shapes attribute classifier (seed 7919)"},
-              "seconds": time.perf_counter() - start, "grid": str(grid)}
+    record = {
+        "text_to_image": {
+            **results,
+            "test_captions": n,
+            "samples_per_caption": args.num_samples,
+            "judge": "shapes attribute classifier (seed 7919)",
+        },
+        "seconds": time.perf_counter() - start,
+        "grid": str(grid),
+    }
     atomic_write_json(out / "results.json", record)
     spread = results["free_attribute_spread"]
-    print(f"\n[done] accuracy {results['accuracy']:.3f}, free-attribute spread {'n/a' if spread is None else f'{spread:.3f}'} at T=1 "
-          f"-> {out / 'results.json'}, {grid} ({time.perf_counter() - start:.0f}s)")
+    print(
+        f"\n[done] accuracy {results['accuracy']:.3f}, free-attribute spread {'n/a' if spread is None else f'{spread:.3f}'} at T=1 "
+        f"-> {out / 'results.json'}, {grid} ({time.perf_counter() - start:.0f}s)"
+    )
     return 0
 
 

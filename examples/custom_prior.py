@@ -75,7 +75,10 @@ class ResidualNetFactory:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="LNFMM with a user-composed text prior (nflows spline couplings inside a flowkit Flow).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="LNFMM with a user-composed text prior (nflows spline couplings inside a flowkit Flow).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--steps", type=int, default=400, help="training steps")
     p.add_argument("--train-images", type=int, default=1000, help="training images of the shapes data")
     p.add_argument("--num-samples", type=int, default=8, help="captions sampled per test image")
@@ -99,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     initialize_image_encoder(model)  # what flowkit.recipes.train does for small()
     default_params = sum(p.numel() for p in model.f_t.parameters())
     model.f_t = build_prior(config.text_specific_dim, config.shared_dim)  # <- the replacement
-    print(f"f_t replaced: {type(model.f_t.transform[1].transform).__name__} inside {type(model.f_t).__name__} "
-          f"({sum(p.numel() for p in model.f_t.parameters())} parameters, the default had {default_params})")
+    print(
+        f"f_t replaced: {type(model.f_t.transform[1].transform).__name__} inside {type(model.f_t).__name__} "
+        f"({sum(p.numel() for p in model.f_t.parameters())} parameters, the default had {default_params})"
+    )
 
     # the prior is a drop-in: same log_prob / sample interface, conditioned on z_s
     z_s = torch.randn(3, config.shared_dim)
@@ -108,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = TrainSettings(steps=steps, batch_size=16 if args.tiny else 32, seed=args.seed, progress=not args.no_progress)
     meta = {"f_t": "custom spline prior (examples/custom_prior.py)"}
-    trainer = Trainer(model, data.train, settings, step=LNFMMStep(), out=Path(args.out), config=config, vocab=data.vocab.to_dict(), meta=meta)
+    trainer = Trainer(
+        model, data.train, settings, step=LNFMMStep(), out=Path(args.out), config=config, vocab=data.vocab.to_dict(), meta=meta
+    )
     terms = trainer.run().last_terms
     print(f"trained {steps} steps: " + ", ".join(f"{k}={v:.3g}" for k, v in terms.items()))
 

@@ -84,8 +84,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     p.add_argument("--layers", type=int, default=6, help="layers of every flow")
     p.add_argument("--test", type=int, default=20000, help="test points")
     p.add_argument("--seed", type=int, default=0, help="seed of data and training")
-    p.add_argument("--plot", default=str(Path(__file__).resolve().parents[1] / "docs" / "img" / "density_estimation.png"),
-                   help="where to write the PNG ('' for none)")
+    p.add_argument(
+        "--plot",
+        default=str(Path(__file__).resolve().parents[1] / "docs" / "img" / "density_estimation.png"),
+        help="where to write the PNG ('' for none)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--quick", action="store_true", help="a smoke run: 30 steps, small flows, 2,000 test points")
     p.add_argument("--no-progress", action="store_true", help="print no per-model progress lines")
@@ -130,8 +133,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     print("| flow | hidden | params | test NLL | - true NLL | train time |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, r in results.items():
-        print(f"| {name} | {r['hidden']} | {r['params']} | {r['test_nll']:.3f} | {r['test_nll'] - floor:+.3f} | "
-              f"{r['train_seconds']:.1f} s |")
+        print(
+            f"| {name} | {r['hidden']} | {r['params']} | {r['test_nll']:.3f} | {r['test_nll'] - floor:+.3f} | {r['train_seconds']:.1f} s |"
+        )
     if args.plot:
         plot(flows, args.plot, args.seed)
         print(f"\nwrote {args.plot}")

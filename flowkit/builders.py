@@ -72,9 +72,7 @@ def glow(
     for k in range(num_layers):
         if actnorm:
             if context_features > 0:
-                steps.append(
-                    ConditionalActNorm(features, context_features, hidden_features, net_layers, scale=actnorm_scale)
-                )
+                steps.append(ConditionalActNorm(features, context_features, hidden_features, net_layers, scale=actnorm_scale))
             else:
                 steps.append(ActNorm(features))
         steps.append(AffineCoupling(features, context_features, hidden_features, net_layers, clamp=clamp))
@@ -131,7 +129,12 @@ def realnvp(
         else:
             steps.append(
                 AffineCoupling(
-                    features, context_features, hidden_features, net_layers, clamp=clamp, mask="alternate",
+                    features,
+                    context_features,
+                    hidden_features,
+                    net_layers,
+                    clamp=clamp,
+                    mask="alternate",
                     flip_mask=k % 2 == 1,
                 )
             )
@@ -196,7 +199,13 @@ def nsf(
         else:
             steps.append(
                 RationalQuadraticCoupling(
-                    features, context_features, hidden_features, net_layers, bins, bound, mask="alternate",
+                    features,
+                    context_features,
+                    hidden_features,
+                    net_layers,
+                    bins,
+                    bound,
+                    mask="alternate",
                     flip_mask=k % 2 == 1,
                 )
             )
@@ -244,15 +253,11 @@ def maf(
     features = check_positive_int("features", features)
     _check_sizes(max(features, 2), context_features, num_layers)
     if transform not in AUTOREGRESSIVE_TRANSFORMS:
-        raise ValueError(
-            f"unknown transform {transform!r}; choose one of {', '.join(map(repr, AUTOREGRESSIVE_TRANSFORMS))}"
-        )
+        raise ValueError(f"unknown transform {transform!r}; choose one of {', '.join(map(repr, AUTOREGRESSIVE_TRANSFORMS))}")
     steps: list[nn.Module] = []
     for k in range(num_layers):
         order = range(features) if k % 2 == 0 else range(features - 1, -1, -1)
         steps.append(
-            MaskedAutoregressive(
-                features, context_features, hidden_features, net_layers, transform, bins, bound, order=list(order)
-            )
+            MaskedAutoregressive(features, context_features, hidden_features, net_layers, transform, bins, bound, order=list(order))
         )
     return Flow(Sequential(*steps), _base(features, base, base_std))

@@ -143,9 +143,7 @@ class Flow(nn.Module):
         rows = num_samples if context is None else context.shape[0] * num_samples
         return self.base.sample(rows) * temperature
 
-    def _inverse_of_base_samples(
-        self, num_samples: int, context: Tensor | None, temperature: float
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def _inverse_of_base_samples(self, num_samples: int, context: Tensor | None, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
         # Returns (x, z, ladj of the inverse) for S base samples per context row, ordered (b s).
         # flowkit transforms take the context once per row (context_repeats=S), so their
         # context networks run B times instead of B * S.
@@ -175,9 +173,7 @@ class Flow(nn.Module):
         x, _, _ = self._inverse_of_base_samples(num_samples, context, temperature)
         return self._reshape(x, context, num_samples)
 
-    def sample_and_log_prob(
-        self, num_samples: int, context: Tensor | None = None, temperature: float = 1.0
-    ) -> tuple[Tensor, Tensor]:
+    def sample_and_log_prob(self, num_samples: int, context: Tensor | None = None, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
         r"""Returns samples as :meth:`sample` and their log-densities under the flow
         (``(B, S)`` with context, ``(S,)`` without)."""
         x, z, ladj = self._inverse_of_base_samples(num_samples, context, temperature)
@@ -267,9 +263,7 @@ class BaseDistribution(nn.Module):
         if context is None:
             return self._sample(1, num_samples, None, temperature)[0]
         if self.context_features == 0:  # the context only sets the number of groups
-            return self._sample(1, context.shape[0] * num_samples, None, temperature).view(
-                context.shape[0], num_samples, self.features
-            )
+            return self._sample(1, context.shape[0] * num_samples, None, temperature).view(context.shape[0], num_samples, self.features)
         return self._sample(context.shape[0], num_samples, context, temperature)
 
     def _log_prob(self, z: Tensor, context: Tensor | None) -> Tensor:  # abstract: (G, S, D) -> (G, S)

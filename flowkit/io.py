@@ -124,10 +124,15 @@ def _write_error(path: Path, e: BaseException) -> OSError:
     # torch.save reports a full disk as "PytorchStreamWriter failed writing file ...".
     full = getattr(e, "errno", None) == errno.ENOSPC or "file write failed" in str(e) or "No space left" in str(e)
     if full:
-        return OSError(errno.ENOSPC, f"cannot write '{path}': no space left on the device; free some space (or "
-                       f"write to another folder) and retry; the previous version of the file is intact")
-    return OSError(getattr(e, "errno", None) or errno.EIO, f"cannot write '{path}': {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
-                   f"the previous version of the file is intact")
+        return OSError(
+            errno.ENOSPC,
+            f"cannot write '{path}': no space left on the device; free some space (or "
+            f"write to another folder) and retry; the previous version of the file is intact",
+        )
+    return OSError(
+        getattr(e, "errno", None) or errno.EIO,
+        f"cannot write '{path}': {str(e).splitlines()[0] if str(e) else type(e).__name__}; the previous version of the file is intact",
+    )
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any], durable: bool = True) -> Path:
@@ -258,8 +263,10 @@ def read_cache(path: str | os.PathLike[str]) -> dict[str, Any] | None:
             raise TypeError(f"holds a {type(blob).__name__}, not a dict")
         return blob
     except Exception as e:  # truncated, garbage, or refused by weights_only
-        warnings.warn(f"cache file '{path}' is corrupt ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                      f"removing it and rebuilding", stacklevel=2)
+        warnings.warn(
+            f"cache file '{path}' is corrupt ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); removing it and rebuilding",
+            stacklevel=2,
+        )
         with contextlib.suppress(OSError):
             path.unlink()
         return None
@@ -495,9 +502,7 @@ def check_output(path: str | os.PathLike[str], what: str, protected: tuple[str |
         raise IsADirectoryError(f"{what} '{path}' is a folder; pass a file name inside it")
     same = any(Path(p).exists() and path.exists() and os.path.samefile(path, p) for p in protected)
     if path.name == CHECKPOINT_NAME or same or is_checkpoint_file(path):
-        raise FileExistsError(
-            f"{what} '{path}' is a training checkpoint; writing there would destroy it. Pass another file name"
-        )
+        raise FileExistsError(f"{what} '{path}' is a training checkpoint; writing there would destroy it. Pass another file name")
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)

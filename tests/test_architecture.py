@@ -144,9 +144,10 @@ def test_the_walker_finds_every_kind_of_import() -> None:
 
 
 def test_every_module_has_a_place_in_the_diagram() -> None:
-    lost = sorted({m for m, _, _ in all_imports() if part_of(m) is None} | {
-        module_name(p) for p in PACKAGE.rglob("*.py") if part_of(module_name(p)) is None
-    })
+    lost = sorted(
+        {m for m, _, _ in all_imports() if part_of(m) is None}
+        | {module_name(p) for p in PACKAGE.rglob("*.py") if part_of(module_name(p)) is None}
+    )
     assert not lost, f"modules outside the layer diagram (add them to STANDS_ON and ARCHITECTURE.md): {lost}"
 
 

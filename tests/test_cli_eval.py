@@ -52,7 +52,25 @@ def test_caption(run_dir, tmp_path, capsys):
     assert "wrote 2 images x 3 captions" in printed and "reference:" in printed
     # one image by id (found in its split), beam decoding, default output file in the run folder
     first = next(iter(caps))
-    assert main(["caption", "--checkpoint", str(run_dir), "--images", first, "--num-samples", "2", "--method", "beam", "--no-progress", "--show", "0"]) == 0
+    assert (
+        main(
+            [
+                "caption",
+                "--checkpoint",
+                str(run_dir),
+                "--images",
+                first,
+                "--num-samples",
+                "2",
+                "--method",
+                "beam",
+                "--no-progress",
+                "--show",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert list(json.loads((run_dir / "captions_test.json").read_text())) == [first]
 
 
@@ -69,7 +87,19 @@ def test_synthesize(run_dir, tmp_path, capsys):
 def test_evaluate_writes_the_report(run_dir, tmp_path, quick_judge, capsys):
     report = tmp_path / "report"
     argv = ["evaluate", "--checkpoint", str(run_dir), "--limit", "2", "--num-samples", "3", "--k", "2", "--m", "5"]
-    argv += ["--t2i-captions", "2", "--t2i-samples", "2", "--ivom-restarts", "1", "--ivom-steps", "1", "--out", str(report), "--no-progress"]
+    argv += [
+        "--t2i-captions",
+        "2",
+        "--t2i-samples",
+        "2",
+        "--ivom-restarts",
+        "1",
+        "--ivom-steps",
+        "1",
+        "--out",
+        str(report),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     res = json.loads((report / "results.json").read_text())
     assert res["captioning"]["num_images"] == 2 and res["captioning"]["num_samples"] == 3

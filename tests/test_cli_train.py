@@ -15,19 +15,55 @@ from flowkit.commands.train import parse_overrides
 from flowkit.training import load_checkpoint, read_csv_log
 
 TINY = [
-    "shared_dim=8", "image_specific_dim=4", "text_specific_dim=4", "image_encoder_hidden=16",
-    "conv_encoder_channels=4", "word_embedding_dim=8", "text_encoder_hidden=8", "text_encoder_layers=1",
-    "decoder_hidden=16", "decoder_embedding_dim=8", "generator_channels=4", "discriminator_channels=4",
-    "fs_layers=2", "fs_hidden=16", "fv_layers=2", "fv_hidden=16", "ft_layers=2", "ft_hidden=16",
+    "shared_dim=8",
+    "image_specific_dim=4",
+    "text_specific_dim=4",
+    "image_encoder_hidden=16",
+    "conv_encoder_channels=4",
+    "word_embedding_dim=8",
+    "text_encoder_hidden=8",
+    "text_encoder_layers=1",
+    "decoder_hidden=16",
+    "decoder_embedding_dim=8",
+    "generator_channels=4",
+    "discriminator_channels=4",
+    "fs_layers=2",
+    "fs_hidden=16",
+    "fv_layers=2",
+    "fv_hidden=16",
+    "ft_layers=2",
+    "ft_hidden=16",
     "image_encoder_init_steps=10",
 ]
 
 
 def _args(out, steps, *extra):
     return [
-        "train", "--data", "shapes", "--preset", "small", "--steps", str(steps), "--seed", "1",
-        "--out", str(out), "--batch-size", "4", "--sizes", "train=2,val=1,test=1", "--max-len", "12",
-        "--log", "csv", "--no-progress", "--checkpoint-every", "2", "--set", *TINY, *extra,
+        "train",
+        "--data",
+        "shapes",
+        "--preset",
+        "small",
+        "--steps",
+        str(steps),
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--sizes",
+        "train=2,val=1,test=1",
+        "--max-len",
+        "12",
+        "--log",
+        "csv",
+        "--no-progress",
+        "--checkpoint-every",
+        "2",
+        "--set",
+        *TINY,
+        *extra,
     ]
 
 
@@ -114,14 +150,26 @@ def test_parser_lists_train_and_rejects_bad_values(capsys):
 
 def test_python_m_flowkit_train_help():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "flowkit", "train", "--help"], capture_output=True, text=True, timeout=120, env=env
-    )
+    proc = subprocess.run([sys.executable, "-m", "flowkit", "train", "--help"], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     for option in (
-        "--data", "--preset", "--steps", "--seed", "--out", "--resume", "--batch-size", "--lr", "--coco-root",
-        "--features", "--labeled-fraction", "--log", "--checkpoint-every", "--device", "--set", "--amp",
+        "--data",
+        "--preset",
+        "--steps",
+        "--seed",
+        "--out",
+        "--resume",
+        "--batch-size",
+        "--lr",
+        "--coco-root",
+        "--features",
+        "--labeled-fraction",
+        "--log",
+        "--checkpoint-every",
+        "--device",
+        "--set",
+        "--amp",
     ):
         assert option in text, option
     assert "torchrun" in text and "weights_only=True" in text

@@ -158,7 +158,19 @@ def test_hand_made_captions() -> None:
         "a red circle and a red circle",  # needs two red circles
         "a circle to the left of a circle",
     ]
-    ungrammatical = ["", "circle", "red circle a", "a circle red", "a shape", "an red circle", "a red circle at the middle center", "there is a red circle and a blue square", "a small small circle", "the red circle", "a red circle to the left of"]
+    ungrammatical = [
+        "",
+        "circle",
+        "red circle a",
+        "a circle red",
+        "a shape",
+        "an red circle",
+        "a red circle at the middle center",
+        "there is a red circle and a blue square",
+        "a small small circle",
+        "the red circle",
+        "a red circle to the left of",
+    ]
     for c in true:
         assert is_true(c, TWO), c
     for c in false + ungrammatical:
@@ -177,7 +189,14 @@ def test_is_true_never_raises(text: str) -> None:
     assert is_true(text, TWO) in (True, False)
 
 
-@given(st.lists(st.sampled_from("a an the red blue small large circle square shape to left of above and there is at in top center row two shapes only one".split()), max_size=12))
+@given(
+    st.lists(
+        st.sampled_from(
+            "a an the red blue small large circle square shape to left of above and there is at in top center row two shapes only one".split()
+        ),
+        max_size=12,
+    )
+)
 def test_is_true_on_word_salad(words: list[str]) -> None:
     c = " ".join(words)
     p = parse(c)

@@ -13,13 +13,30 @@ import pytest
 import torch
 import torch.distributed as dist
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
+)
 
 TINY = dict(
-    shared_dim=8, image_specific_dim=4, text_specific_dim=4, image_encoder_hidden=16, conv_encoder_channels=4,
-    word_embedding_dim=8, text_encoder_hidden=8, text_encoder_layers=1, decoder_hidden=16,
-    decoder_embedding_dim=8, generator_channels=4, discriminator_channels=4,
-    fs_layers=2, fs_hidden=16, fv_layers=2, fv_hidden=16, ft_layers=2, ft_hidden=16, image_encoder_init_steps=10,
+    shared_dim=8,
+    image_specific_dim=4,
+    text_specific_dim=4,
+    image_encoder_hidden=16,
+    conv_encoder_channels=4,
+    word_embedding_dim=8,
+    text_encoder_hidden=8,
+    text_encoder_layers=1,
+    decoder_hidden=16,
+    decoder_embedding_dim=8,
+    generator_channels=4,
+    discriminator_channels=4,
+    fs_layers=2,
+    fs_hidden=16,
+    fv_layers=2,
+    fv_hidden=16,
+    ft_layers=2,
+    ft_hidden=16,
+    image_encoder_init_steps=10,
 )
 
 SCRIPT = textwrap.dedent(
@@ -54,8 +71,14 @@ def test_ddp_replicas_agree_after_training(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FLOWKIT_TEST_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(script), str(tmp_path), json.dumps(TINY),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(tmp_path),
+        json.dumps(TINY),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -191,8 +191,15 @@ def test_glow_structure() -> None:
     assert _layer_types(flow) == [ConditionalActNorm, AffineCoupling, Invertible1x1, Switch] * 3
     assert _layer_types(glow(6, num_layers=2, hidden_features=8)) == [ActNorm, AffineCoupling, Invertible1x1, Switch] * 2
     official = glow(
-        6, 4, num_layers=2, hidden_features=8, conv1x1=False, clamp="sigmoid", actnorm_scale="sigmoid",
-        net_layers=1, base_std=0.25,
+        6,
+        4,
+        num_layers=2,
+        hidden_features=8,
+        conv1x1=False,
+        clamp="sigmoid",
+        actnorm_scale="sigmoid",
+        net_layers=1,
+        base_std=0.25,
     )
     assert _layer_types(official) == [ConditionalActNorm, AffineCoupling, Switch] * 2
     assert official.transform[1].clamp == "sigmoid" and official.transform[0].scale == "sigmoid"

@@ -58,7 +58,9 @@ def data():
 def run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     meta = {"data": {"data": "shapes", "sizes": SIZES, "data_seed": 0}, "preset": "small"}
-    trainer = train(LNFMMConfig.small(image_encoder_init_steps=10), data, TrainSettings(steps=4, batch_size=8, progress=False), out=out, meta=meta)
+    trainer = train(
+        LNFMMConfig.small(image_encoder_init_steps=10), data, TrainSettings(steps=4, batch_size=8, progress=False), out=out, meta=meta
+    )
     return trainer.module.eval(), out
 
 
@@ -130,7 +132,9 @@ def test_evaluate_captioning_model_and_report(captioning, tmp_path):
 
 def test_evaluate_text_to_image(run, data, judge, tmp_path):
     model, _ = run
-    res = evaluate_text_to_image(model, data, num_captions=2, num_samples=3, classifier=judge, ivom_restarts=1, ivom_steps=2, progress=False)
+    res = evaluate_text_to_image(
+        model, data, num_captions=2, num_samples=3, classifier=judge, ivom_restarts=1, ivom_steps=2, progress=False
+    )
     assert res["num_captions"] == 2 and res["num_samples"] == 3
     assert res["captions"] == [data.references["test"][i][0] for i in data.test.image_ids[:2]]
     assert 1.0 - 1e-9 <= res["inception_score"] <= 48 + 1e-9
@@ -211,7 +215,9 @@ def test_text_to_image_tables_one_at_a_time(run, data, judge):
     for table in (judged, ivom, diversity):
         assert_plain_json(table.to_json())
 
-    res = evaluate_text_to_image(model, data, num_captions=2, num_samples=3, classifier=judge, ivom_restarts=1, ivom_steps=2, lpips="off", progress=False)
+    res = evaluate_text_to_image(
+        model, data, num_captions=2, num_samples=3, classifier=judge, ivom_restarts=1, ivom_steps=2, lpips="off", progress=False
+    )
     assert isinstance(res, TextToImageResult) and torch.equal(res.samples.images, samples.images)  # the same seed, the same samples
     assert res["caption_accuracy"] == judged.caption_accuracy and res["ivom"] == ivom.mse and res["notes"] == []
     assert_plain_json(res.to_json())

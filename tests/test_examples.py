@@ -32,7 +32,12 @@ def test_coco_caption_tiny(tmp_path):
     assert "loaded with pycocotools" in (out / "report" / "report.md").read_text()
     # the printed captions and metric tables
     assert "Diverse captions (10 samples per image" in text
-    for row in ("| oracle (10 samples) |", "| consensus top-1 (of 10) |", "| Unique % | Novel | mBLEU-4 | Div-1 | Div-2 |", "accuracy (all 10)"):
+    for row in (
+        "| oracle (10 samples) |",
+        "| consensus top-1 (of 10) |",
+        "| Unique % | Novel | mBLEU-4 | Div-1 | Div-2 |",
+        "accuracy (all 10)",
+    ):
         assert row in text
     res = json.loads((out / "report" / "results.json").read_text())
     cap = res["captioning"]
@@ -50,7 +55,19 @@ def test_coco_caption_tiny(tmp_path):
     assert (out / "report" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     # the run records its data: the CLI reloads it from the checkpoint alone
     env = {**os.environ, "FLOWKIT_CACHE": str(tmp_path)}
-    cli = [sys.executable, "-m", "flowkit", "caption", "--checkpoint", str(out / "run"), "--limit", "1", "--num-samples", "2", "--no-progress"]
+    cli = [
+        sys.executable,
+        "-m",
+        "flowkit",
+        "caption",
+        "--checkpoint",
+        str(out / "run"),
+        "--limit",
+        "1",
+        "--num-samples",
+        "2",
+        "--no-progress",
+    ]
     proc = subprocess.run(cli, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "wrote 1 images x 2 captions" in proc.stdout
@@ -79,8 +96,16 @@ def test_example_help(script):
 
 def test_density_estimation_quick(tmp_path):
     png = tmp_path / "density.png"
-    cmd = [sys.executable, str(ROOT / "examples" / "density_estimation.py"), "--quick", "--plot", str(png),
-           "--threads", THREADS, "--no-progress"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "examples" / "density_estimation.py"),
+        "--quick",
+        "--plot",
+        str(png),
+        "--threads",
+        THREADS,
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("nsf", "maf", "realnvp"):

@@ -76,7 +76,9 @@ def test_caption_that_is_not_a_string(root: Path, value) -> None:
 
 def test_string_image_ids(root: Path) -> None:
     _edit(_ann(root, "val"), lambda d: d["annotations"][0].update(image_id=str(d["annotations"][0]["image_id"])))
-    with pytest.raises(DataError, match=r"annotation #0 has image id '\d+', a str; COCO image ids are integers \(write \d+ without quotes\)"):
+    with pytest.raises(
+        DataError, match=r"annotation #0 has image id '\d+', a str; COCO image ids are integers \(write \d+ without quotes\)"
+    ):
         _load(root)
     _edit(_ann(root, "val"), lambda d: d["images"][0].update(id="x"))
     with pytest.raises(DataError, match="image #0 has image id 'x'"):

@@ -106,7 +106,9 @@ def test_lock_is_exclusive_reentrant_and_stale_after_a_crash(tmp_path):
         assert info["pid"] == os.getpid() and {"host", "time", "command"} <= set(info)
         child = subprocess.run(
             [sys.executable, "-c", f"from flowkit.training.safety import RunLock; RunLock({str(tmp_path)!r}).acquire()"],
-            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
         )
         assert child.returncode == 1 and "RunLockedError" in child.stderr and "remove" in child.stderr
     assert not (tmp_path / LOCK_NAME).exists()
@@ -174,7 +176,19 @@ def test_outputs_never_overwrite_a_checkpoint(run, tmp_path, capsys, command):
     other.write_bytes(before)  # a checkpoint under another name is protected as well
     for target in (run / "checkpoint.pt", other):
         if command == "synthesize":
-            argv = ["synthesize", "--checkpoint", str(run), "--caption", "a red circle", "--num-samples", "1", "--save-tensor", str(target), "--out", str(tmp_path / "g.png")]
+            argv = [
+                "synthesize",
+                "--checkpoint",
+                str(run),
+                "--caption",
+                "a red circle",
+                "--num-samples",
+                "1",
+                "--save-tensor",
+                str(target),
+                "--out",
+                str(tmp_path / "g.png"),
+            ]
         else:
             argv = ["caption", "--checkpoint", str(run), "--limit", "1", "--num-samples", "1", "--out", str(target), "--no-progress"]
         assert main(argv) == 1
@@ -187,7 +201,10 @@ def test_synthesize_out_folder_writes_inside_and_says_so(run, tmp_path, capsys):
     folder.mkdir()
     assert main(["synthesize", "--checkpoint", str(run), "--caption", "a red circle", "--num-samples", "1", "--out", str(folder)]) == 0
     assert (folder / "synthesized.png").is_file() and f"to {folder / 'synthesized.png'}" in capsys.readouterr().out
-    assert main(["synthesize", "--checkpoint", str(run), "--caption", "a red circle", "--num-samples", "1", "--out", str(tmp_path / "grid")]) == 0
+    assert (
+        main(["synthesize", "--checkpoint", str(run), "--caption", "a red circle", "--num-samples", "1", "--out", str(tmp_path / "grid")])
+        == 0
+    )
     assert (tmp_path / "grid.png").is_file() and f"to {tmp_path / 'grid.png'}" in capsys.readouterr().out
 
 

@@ -45,9 +45,17 @@ def _bad_input(kind: str, batch: int, features: int, c: int, row: int):
 
 
 _WORDS = {
-    "int64": "floating-point", "float16": "parameters are", "bfloat16": "parameters are", "float64": "parameters are",
-    "nan": "NaN or inf", "inf": "NaN or inf", "empty": "empty batch", "features": "shape", "rank1": "shape",
-    "rank3": "shape", "context": "context",
+    "int64": "floating-point",
+    "float16": "parameters are",
+    "bfloat16": "parameters are",
+    "float64": "parameters are",
+    "nan": "NaN or inf",
+    "inf": "NaN or inf",
+    "empty": "empty batch",
+    "features": "shape",
+    "rank1": "shape",
+    "rank3": "shape",
+    "context": "context",
 }
 
 
@@ -124,10 +132,26 @@ def lnfmm():
     from flowkit.models import LNFMM, LNFMMConfig
 
     cfg = LNFMMConfig.small(
-        vocab_size=12, max_caption_len=6, shared_dim=8, image_specific_dim=4, text_specific_dim=4,
-        image_encoder_hidden=16, conv_encoder_channels=4, word_embedding_dim=8, text_encoder_hidden=8,
-        text_encoder_layers=1, decoder_hidden=16, decoder_embedding_dim=8, generator_channels=4,
-        fs_layers=2, fs_hidden=16, fv_layers=2, fv_hidden=16, ft_layers=2, ft_hidden=16, image_encoder_init="random",
+        vocab_size=12,
+        max_caption_len=6,
+        shared_dim=8,
+        image_specific_dim=4,
+        text_specific_dim=4,
+        image_encoder_hidden=16,
+        conv_encoder_channels=4,
+        word_embedding_dim=8,
+        text_encoder_hidden=8,
+        text_encoder_layers=1,
+        decoder_hidden=16,
+        decoder_embedding_dim=8,
+        generator_channels=4,
+        fs_layers=2,
+        fs_hidden=16,
+        fv_layers=2,
+        fv_hidden=16,
+        ft_layers=2,
+        ft_hidden=16,
+        image_encoder_init="random",
     )
     torch.manual_seed(0)
     return LNFMM(cfg).eval()
@@ -148,8 +172,12 @@ def _bad_captions(kind: str, batch: int) -> torch.Tensor:
 
 
 @settings(max_examples=20)
-@given(kind=st.sampled_from(["int64", "float16", "bfloat16", "float64", "nan", "inf", "empty", "pixels255", "negative", "shape", "rank3"]),
-       batch=st.integers(1, 3), row=st.integers(0, 30), entry=st.sampled_from(["forward", "sample_captions"]))
+@given(
+    kind=st.sampled_from(["int64", "float16", "bfloat16", "float64", "nan", "inf", "empty", "pixels255", "negative", "shape", "rank3"]),
+    batch=st.integers(1, 3),
+    row=st.integers(0, 30),
+    entry=st.sampled_from(["forward", "sample_captions"]),
+)
 def test_lnfmm_image_entry_points_refuse_bad_images(lnfmm, kind, batch, row, entry):
     images = _bad_images(kind, batch, row)
     captions = torch.randint(4, 12, (max(batch, 1), 6))
@@ -167,8 +195,11 @@ def test_lnfmm_refuses_8bit_pixels_with_the_fix(lnfmm):
 
 
 @settings(max_examples=12)
-@given(kind=st.sampled_from(["float", "empty", "too_big", "negative", "rank1", "padding"]), batch=st.integers(1, 3),
-       entry=st.sampled_from(["forward", "sample_images"]))
+@given(
+    kind=st.sampled_from(["float", "empty", "too_big", "negative", "rank1", "padding"]),
+    batch=st.integers(1, 3),
+    entry=st.sampled_from(["forward", "sample_images"]),
+)
 def test_lnfmm_caption_entry_points_refuse_bad_captions(lnfmm, kind, batch, entry):
     captions = _bad_captions(kind, batch)
     with pytest.raises(ValueError) as e:

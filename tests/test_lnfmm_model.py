@@ -17,13 +17,32 @@ KEYS = {"loss", "kl_t", "kl_v", "logdet_fs", "align", "rec_t", "rec_v"}
 
 def tiny(**overrides) -> LNFMMConfig:
     base = dict(
-        vocab_size=VOCAB, max_caption_len=8, shared_dim=6, image_specific_dim=4, text_specific_dim=4,
-        image_encoder="features", image_feature_dim=10, image_encoder_hidden=16, conv_encoder_channels=2,
-        word_embedding_dim=8, text_encoder_hidden=8, text_encoder_layers=2, decoder_hidden=16,
-        decoder_embedding_dim=8, generator_channels=2, discriminator_channels=2, feature_decoder_hidden=16,
-        fs_layers=2, fs_hidden=16, fv_layers=2, fv_hidden=16, ft_layers=2, ft_hidden=16,
+        vocab_size=VOCAB,
+        max_caption_len=8,
+        shared_dim=6,
+        image_specific_dim=4,
+        text_specific_dim=4,
+        image_encoder="features",
+        image_feature_dim=10,
+        image_encoder_hidden=16,
+        conv_encoder_channels=2,
+        word_embedding_dim=8,
+        text_encoder_hidden=8,
+        text_encoder_layers=2,
+        decoder_hidden=16,
+        decoder_embedding_dim=8,
+        generator_channels=2,
+        discriminator_channels=2,
+        feature_decoder_hidden=16,
+        fs_layers=2,
+        fs_hidden=16,
+        fv_layers=2,
+        fv_hidden=16,
+        ft_layers=2,
+        ft_hidden=16,
         # the model's mechanics with a trainable conv trunk; the pre-trained one: test_pretraining.py
-        image_encoder_init="random", freeze_image_trunk=False,
+        image_encoder_init="random",
+        freeze_image_trunk=False,
     )
     base.update(overrides)
     return LNFMMConfig.small(**base)
@@ -74,8 +93,12 @@ def expected_keys(cfg: LNFMMConfig) -> set[str]:
 
 def _weighted(cfg: LNFMMConfig, out: dict) -> torch.Tensor:
     loss = (
-        cfg.loss.kl_t * out["kl_t"] + cfg.loss.kl_v * out["kl_v"] - cfg.loss.logdet * out["logdet_fs"]
-        + cfg.loss.align * out["align"] + cfg.loss.rec_t * out["rec_t"] + cfg.loss.rec_v * out["rec_v"]
+        cfg.loss.kl_t * out["kl_t"]
+        + cfg.loss.kl_v * out["kl_v"]
+        - cfg.loss.logdet * out["logdet_fs"]
+        + cfg.loss.align * out["align"]
+        + cfg.loss.rec_t * out["rec_t"]
+        + cfg.loss.rec_v * out["rec_v"]
     )
     loss = loss + cfg.loss.cross_t * out.get("cross_t", 0.0) + cfg.loss.cross_v * out.get("cross_v", 0.0)
     return loss + cfg.loss.adv * out["adv"] if "adv" in out else loss
@@ -194,10 +217,25 @@ def _switch_model(overrides: dict) -> LNFMM:
     if preset is None:
         return LNFMM(tiny(**overrides))
     sizes = dict(
-        vocab_size=VOCAB, max_caption_len=8, shared_dim=6, image_specific_dim=4, text_specific_dim=4,
-        image_encoder_hidden=16, word_embedding_dim=8, text_encoder_hidden=8, text_encoder_layers=1, decoder_hidden=16,
-        decoder_embedding_dim=8, generator_channels=4, feature_decoder_hidden=16, fs_layers=2, fs_hidden=16,
-        fv_layers=2, fv_hidden=16, ft_layers=2, ft_hidden=16,
+        vocab_size=VOCAB,
+        max_caption_len=8,
+        shared_dim=6,
+        image_specific_dim=4,
+        text_specific_dim=4,
+        image_encoder_hidden=16,
+        word_embedding_dim=8,
+        text_encoder_hidden=8,
+        text_encoder_layers=1,
+        decoder_hidden=16,
+        decoder_embedding_dim=8,
+        generator_channels=4,
+        feature_decoder_hidden=16,
+        fs_layers=2,
+        fs_hidden=16,
+        fv_layers=2,
+        fv_hidden=16,
+        ft_layers=2,
+        ft_hidden=16,
     )
     if preset == "captioning":
         return LNFMM(LNFMMConfig.captioning(image_feature_dim=10, **sizes))
@@ -216,8 +254,12 @@ def _reference_loss(cfg: LNFMMConfig, out: dict) -> torch.Tensor:
     kl_t = out["kl_t"].clamp(min=free) if free > 0 else out["kl_t"]
     kl_v = out["kl_v"].clamp(min=free) if free > 0 else out["kl_v"]
     loss = (
-        cfg.loss.kl_t * kl_t + cfg.loss.kl_v * kl_v - cfg.loss.logdet * out["logdet_fs"]
-        + cfg.loss.align * out["align"] + cfg.loss.rec_t * out["rec_t"] + cfg.loss.rec_v * out["rec_v"]
+        cfg.loss.kl_t * kl_t
+        + cfg.loss.kl_v * kl_v
+        - cfg.loss.logdet * out["logdet_fs"]
+        + cfg.loss.align * out["align"]
+        + cfg.loss.rec_t * out["rec_t"]
+        + cfg.loss.rec_v * out["rec_v"]
     )
     for name, weight in (("cross_t", cfg.loss.cross_t), ("cross_v", cfg.loss.cross_v), ("adv", cfg.loss.adv)):
         if name in out:
@@ -281,8 +323,10 @@ def test_batch_all_norm_standardizes_the_specific_codes_too():
     cfg = tiny(shared_norm="batch-all")
     model = LNFMM(cfg).train()
     images, captions = batch(cfg, b=16)
-    for code, raw in ((model.encode_images(images)["code"], model.image_encoder(images)[0]),
-                      (model.encode_captions(captions)["code"], model.text_encoder(captions)[0])):
+    for code, raw in (
+        (model.encode_images(images)["code"], model.image_encoder(images)[0]),
+        (model.encode_captions(captions)["code"], model.text_encoder(captions)[0]),
+    ):
         expected = (raw - raw.mean(0)) / (raw.var(0, unbiased=False) + 1e-5).sqrt()
         torch.testing.assert_close(code, expected, atol=1e-4, rtol=1e-4)
 
@@ -318,7 +362,7 @@ def test_free_bits_clamp_the_kl_in_the_loss_only():
     ref = free(images, captions)
     for k in ("kl_t", "kl_v", "rec_t", "align"):
         torch.testing.assert_close(out[k], ref[k])  # the logged terms are the true ones
-    shift = (cfg.loss.kl_t * (1e4 - ref["kl_t"]) + cfg.loss.kl_v * (1e4 - ref["kl_v"]))
+    shift = cfg.loss.kl_t * (1e4 - ref["kl_t"]) + cfg.loss.kl_v * (1e4 - ref["kl_v"])
     torch.testing.assert_close(out["loss"], ref["loss"] + shift)
     # below the threshold the KL gets no gradient
     model.train()
@@ -438,10 +482,7 @@ def test_gradients_reach_every_part(name):
     model.zero_grad(set_to_none=True)
     model(images, captions)["loss"].backward()
     trainable = {id(p) for g in model.optimizer_groups() for p in g["params"]}
-    missing = [
-        n for n, p in model.named_parameters()
-        if id(p) in trainable and (p.grad is None or p.grad.abs().max() == 0)
-    ]
+    missing = [n for n, p in model.named_parameters() if id(p) in trainable and (p.grad is None or p.grad.abs().max() == 0)]
     assert not missing, f"parameters without gradient: {missing}"
     if model.discriminator is not None:
         model.zero_grad(set_to_none=True)

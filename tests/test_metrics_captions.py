@@ -226,9 +226,7 @@ def test_mbleu4_identical_vs_disjoint() -> None:
     same = diversity_scores({1: ["a man rides a red horse"] * 3, 2: ["two dogs play with a ball"] * 2}, tokenize=False)
     assert same["mbleu4"] == pytest.approx(1.0, abs=1e-6)
     assert same["unique"] == pytest.approx(100 * 2 / 5)
-    disjoint = diversity_scores(
-        {1: ["one man rides horses", "two dogs play with balls", "cats sleep on sofas"]}, tokenize=False
-    )
+    disjoint = diversity_scores({1: ["one man rides horses", "two dogs play with balls", "cats sleep on sofas"]}, tokenize=False)
     assert disjoint["mbleu4"] < 1e-6
     assert disjoint["div1"] == pytest.approx(1.0) and disjoint["unique"] == 100.0
     # A single caption per image has no "other captions": mBLEU is undefined.
@@ -277,9 +275,7 @@ def test_consensus_rerank_known_answer() -> None:
         "q_far": ["A blue square at the bottom.", "a green star", "A red circle at the top."],
     }
     test_features = {"q_near": np.zeros(2), "q_far": np.array([9.0, 9.5])}
-    ranked, sums = consensus_rerank(
-        candidates, test_features, train_features, train_captions, k=2, m=3, return_scores=True
-    )
+    ranked, sums = consensus_rerank(candidates, test_features, train_features, train_captions, k=2, m=3, return_scores=True)
     # Near the red-circle images the red-circle caption wins; the far image's captions are not used.
     assert ranked["q_near"][0] == "A red circle at the top."
     assert ranked["q_near"][-1] in ("a green star", "A blue square at the bottom.")

@@ -45,7 +45,10 @@ def test_pretraining_is_seeded_cached_and_rng_neutral(_cache: Path) -> None:
         assert torch.equal(a[k], b[k]) and torch.equal(a[k], c[k])
     d = pretrain_shapes_encoder(8, 16, seed=8, cache=False, **FAST)
     assert any(not torch.equal(a[k], d[k]) for k in a)
-    assert set(a) == {k for k in LNFMM(LNFMMConfig.small(vocab_size=20, conv_encoder_channels=8, image_encoder_hidden=16)).image_encoder.trunk_state_dict()}
+    assert set(a) == {
+        k
+        for k in LNFMM(LNFMMConfig.small(vocab_size=20, conv_encoder_channels=8, image_encoder_hidden=16)).image_encoder.trunk_state_dict()
+    }
     with pytest.raises(ValueError, match="steps must be a positive int"):
         pretrain_shapes_encoder(8, 16, steps=0)
 
@@ -67,8 +70,11 @@ def test_config_checks_the_options() -> None:
 def test_new_runs_start_from_the_pretrained_trunk_and_resume_keeps_it(tmp_path: Path) -> None:
     data = load_caption_data("shapes", sizes={"train": 24, "val": 4, "test": 4}, seed=0)
     cfg = LNFMMConfig.small(
-        conv_encoder_channels=4, image_encoder_hidden=16, image_encoder_init="shapes-attributes",
-        image_encoder_init_steps=3, freeze_image_trunk=True,
+        conv_encoder_channels=4,
+        image_encoder_hidden=16,
+        image_encoder_init="shapes-attributes",
+        image_encoder_init_steps=3,
+        freeze_image_trunk=True,
     )
     trunk = pretrain_shapes_encoder(4, 16, steps=3)
     out = tmp_path / "run"

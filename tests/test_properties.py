@@ -56,9 +56,7 @@ def _exported_transform_classes() -> set[type]:
         obj
         for module in (flowkit, flowkit.transforms)
         for name in getattr(module, "__all__", [])
-        if inspect.isclass(obj := getattr(module, name))
-        and issubclass(obj, flowkit.Transform)
-        and obj is not flowkit.Transform
+        if inspect.isclass(obj := getattr(module, name)) and issubclass(obj, flowkit.Transform) and obj is not flowkit.Transform
     }
 
 

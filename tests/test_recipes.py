@@ -14,9 +14,21 @@ from flowkit.models.lnfmm.recipes import RECIPES, Recipe, captioner_baseline, ca
 from flowkit.training import TrainSettings, train
 
 TINY = dict(
-    shared_dim=6, image_specific_dim=4, image_encoder_hidden=16, word_embedding_dim=8,
-    text_encoder_hidden=8, text_encoder_layers=1, decoder_hidden=16, decoder_embedding_dim=8, feature_decoder_hidden=16,
-    fs_layers=2, fs_hidden=16, fv_layers=2, fv_hidden=16, ft_layers=2, ft_hidden=16,
+    shared_dim=6,
+    image_specific_dim=4,
+    image_encoder_hidden=16,
+    word_embedding_dim=8,
+    text_encoder_hidden=8,
+    text_encoder_layers=1,
+    decoder_hidden=16,
+    decoder_embedding_dim=8,
+    feature_decoder_hidden=16,
+    fs_layers=2,
+    fs_hidden=16,
+    fv_layers=2,
+    fv_hidden=16,
+    ft_layers=2,
+    ft_hidden=16,
 )
 
 
@@ -68,8 +80,13 @@ def test_the_engine_trains_every_recipe(name, tmp_path, feature_data, pixel_data
     if recipe.config.image_encoder.init == "shapes-trunk":  # a small trunk instead of the 20 s pre-training
         from flowkit.data import features
 
-        monkeypatch.setattr(features, "shapes_trunk", lambda progress=False: features.get_attribute_classifier(
-            features.ClassifierConfig(seed=features.SHAPES_TRUNK_SEED, train_size=32, test_size=8, epochs=1)))
+        monkeypatch.setattr(
+            features,
+            "shapes_trunk",
+            lambda progress=False: features.get_attribute_classifier(
+                features.ClassifierConfig(seed=features.SHAPES_TRUNK_SEED, train_size=32, test_size=8, epochs=1)
+            ),
+        )
     trainer = train(recipe.config, data, settings, out=tmp_path)
     model = trainer.module
     assert isinstance(model, LNFMM) and trainer.step == 3 and (tmp_path / "checkpoint.pt").is_file()

@@ -47,7 +47,7 @@ def test_spline_is_monotonic_and_maps_the_interval_onto_itself() -> None:
     # The analytic log-derivative against central differences.
     h = 1e-7
     fd = torch.log((rational_quadratic_spline(x + h, raw, 4.0)[0] - rational_quadratic_spline(x - h, raw, 4.0)[0]) / (2 * h))
-    inner = (x.abs() < 4.0 - 1e-6)
+    inner = x.abs() < 4.0 - 1e-6
     assert (fd - ladj)[inner].abs().max() < 1e-3  # a point within h of a knot sees the kink of g"
 
 

@@ -15,9 +15,23 @@ from flowkit.models.lnfmm.encoders import CellEncoder
 from flowkit.models.lnfmm.recipes import text_to_image_baseline, text_to_image_recipe
 
 TINY = dict(
-    vocab_size=20, max_caption_len=8, shared_dim=6, image_specific_dim=4, image_encoder_hidden=16, word_embedding_dim=8,
-    text_encoder_hidden=8, text_encoder_layers=1, decoder_hidden=16, decoder_embedding_dim=8, generator_channels=4,
-    fs_layers=2, fs_hidden=16, fv_layers=2, fv_hidden=16, ft_layers=2, ft_hidden=16,
+    vocab_size=20,
+    max_caption_len=8,
+    shared_dim=6,
+    image_specific_dim=4,
+    image_encoder_hidden=16,
+    word_embedding_dim=8,
+    text_encoder_hidden=8,
+    text_encoder_layers=1,
+    decoder_hidden=16,
+    decoder_embedding_dim=8,
+    generator_channels=4,
+    fs_layers=2,
+    fs_hidden=16,
+    fv_layers=2,
+    fv_hidden=16,
+    ft_layers=2,
+    ft_hidden=16,
 )
 
 
@@ -96,7 +110,12 @@ def test_text_to_image_recipes():
     r, b = text_to_image_recipe(), text_to_image_baseline()
     assert r.image_input == b.image_input == "pixels" and (r.steps, r.batch_size) == (b.steps, b.batch_size)
     c = r.config
-    assert (c.image_encoder.kind, c.image_encoder.init, c.image_encoder.freeze_trunk, c.posterior.shared_norm) == ("cells", "shapes-trunk", True, "batch-all")
+    assert (c.image_encoder.kind, c.image_encoder.init, c.image_encoder.freeze_trunk, c.posterior.shared_norm) == (
+        "cells",
+        "shapes-trunk",
+        True,
+        "batch-all",
+    )
     assert c.loss.cross_v > 0 and c.loss.rec_v == 0 and c.loss.image_perceptual > 0 and c.image_specific_dim > 0
     assert b.config.image_specific_dim == 0 and b.config.replace(image_specific_dim=c.image_specific_dim, notes=c.notes) == c
     model = LNFMM(b.config.replace(**{**TINY, "image_specific_dim": 0}))

@@ -154,10 +154,25 @@ def _tiny_config(**kw):
     from flowkit.models import LNFMMConfig
 
     tiny = dict(
-        shared_dim=8, image_specific_dim=4, text_specific_dim=4, image_encoder_hidden=16, conv_encoder_channels=4,
-        word_embedding_dim=8, text_encoder_hidden=8, text_encoder_layers=1, decoder_hidden=16,
-        decoder_embedding_dim=8, generator_channels=4, discriminator_channels=4, feature_decoder_hidden=16,
-        fs_layers=2, fs_hidden=16, fv_layers=2, fv_hidden=16, ft_layers=2, ft_hidden=16,
+        shared_dim=8,
+        image_specific_dim=4,
+        text_specific_dim=4,
+        image_encoder_hidden=16,
+        conv_encoder_channels=4,
+        word_embedding_dim=8,
+        text_encoder_hidden=8,
+        text_encoder_layers=1,
+        decoder_hidden=16,
+        decoder_embedding_dim=8,
+        generator_channels=4,
+        discriminator_channels=4,
+        feature_decoder_hidden=16,
+        fs_layers=2,
+        fs_hidden=16,
+        fv_layers=2,
+        fv_hidden=16,
+        ft_layers=2,
+        ft_hidden=16,
         image_encoder_init_steps=10,
     )
     tiny.update(kw)
@@ -181,9 +196,7 @@ def test_exact_resume_lnfmm_bit_identical(tmp_path, tiny_data):
     assert b.step == 4
     _assert_same_state(a.module.state_dict(), b.module.state_dict())
     _assert_same_optimizer(a.optimizer.state_dict(), b.optimizer.state_dict())
-    assert read_csv_log(tmp_path / "a") == [
-        {**row, "time": pytest.approx(row["time"], abs=1e9)} for row in read_csv_log(tmp_path / "b")
-    ]
+    assert read_csv_log(tmp_path / "a") == [{**row, "time": pytest.approx(row["time"], abs=1e9)} for row in read_csv_log(tmp_path / "b")]
 
 
 # -- non-finite losses -------------------------------------------------------------------------
@@ -375,7 +388,9 @@ def test_validation_runs_every_n_steps_and_changes_nothing(tmp_path):
     plain = _toy_trainer(tmp_path / "a", steps=6)
     plain.fit()
     seed_everything(3)
-    checked = Trainer(Toy(), Pairs(), _settings(steps=6, validate_every=4), step=LNFMMStep(), out=tmp_path / "b", config={"toy": 1}, validate=validate)
+    checked = Trainer(
+        Toy(), Pairs(), _settings(steps=6, validate_every=4), step=LNFMMStep(), out=tmp_path / "b", config={"toy": 1}, validate=validate
+    )
     checked.fit()
     assert checked.module.training
     _assert_same_state(plain.module.state_dict(), checked.module.state_dict())
@@ -396,8 +411,16 @@ def test_caption_validator_reports_the_learning_curve_keys(tiny_data):
     model = LNFMM(cfg).eval()
     metrics = caption_validator(tiny_data, num_images=1, num_samples=3, num_pairs=4)(model)
     assert set(metrics) == {
-        "accuracy", "coverage", "accuracy_t0", "recon_own", "recon_cross",
-        "scale_text", "scale_image", "noise", "scale_to_noise", "align",
+        "accuracy",
+        "coverage",
+        "accuracy_t0",
+        "recon_own",
+        "recon_cross",
+        "scale_text",
+        "scale_image",
+        "noise",
+        "scale_to_noise",
+        "align",
     }
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("accuracy", "coverage", "accuracy_t0", "recon_own", "recon_cross"))
     assert metrics["noise"] == pytest.approx(cfg.shared_dim * cfg.posterior.noise_std**2)

@@ -65,9 +65,7 @@ for _clamp in ("atan", "tanh", "sigmoid"):
     for _mask in ("half", "alternate"):
         for _ctx in (0, C):
             LAYERS[f"affine-{_clamp}-{_mask}-c{_ctx}"] = (
-                lambda clamp=_clamp, mask=_mask, ctx=_ctx: AffineCoupling(
-                    D, ctx, hidden_features=16, num_layers=2, clamp=clamp, mask=mask
-                ),
+                lambda clamp=_clamp, mask=_mask, ctx=_ctx: AffineCoupling(D, ctx, hidden_features=16, num_layers=2, clamp=clamp, mask=mask),
                 _ctx,
             )
 for _mask in ("half", "alternate"):
@@ -318,11 +316,7 @@ def test_data_init_glow_normalizes_in_order() -> None:
     x = 4 + 3 * torch.randn(256, 6, dtype=torch.float64)
     flow.double()
     outputs: list[Tensor] = []
-    hooks = [
-        m.register_forward_hook(lambda mod, args, out: outputs.append(out[0]))
-        for m in flow.modules()
-        if isinstance(m, ActNorm)
-    ]
+    hooks = [m.register_forward_hook(lambda mod, args, out: outputs.append(out[0])) for m in flow.modules() if isinstance(m, ActNorm)]
     assert flowkit.data_init(flow, x) is flow
     assert not flow.training  # mode kept
     flow.log_prob(x)

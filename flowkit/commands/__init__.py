@@ -61,7 +61,12 @@ def add_command_parser(subparsers: Any, name: str, help: str, description: str, 
 
 def add_checkpoint_argument(p: argparse.ArgumentParser) -> None:
     r"""``--checkpoint DIR`` (required): the run a command reads its model from."""
-    p.add_argument("--checkpoint", metavar="DIR", required=True, help="a training run folder holding checkpoint.pt (flowkit train --out DIR), or the file")
+    p.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        required=True,
+        help="a training run folder holding checkpoint.pt (flowkit train --out DIR), or the file",
+    )
 
 
 def add_seed_argument(p: argparse.ArgumentParser) -> None:

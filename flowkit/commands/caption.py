@@ -71,10 +71,20 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     r"""The data options shared by ``caption`` and ``evaluate`` (they override the checkpoint's)."""
     g = p.add_argument_group("data (default: what the checkpoint records)")
     g.add_argument("--data", choices=["shapes", "coco"], default=None, help="the embedded shapes data or COCO-format files")
-    g.add_argument("--coco-root", metavar="PATH", default=None, help="COCO-format folder, for --data coco (e.g. when the run's folder moved)")
-    g.add_argument("--features", metavar="FILE", default=None, help="pre-extracted image features keyed by image id, for a 'features' model")
+    g.add_argument(
+        "--coco-root", metavar="PATH", default=None, help="COCO-format folder, for --data coco (e.g. when the run's folder moved)"
+    )
+    g.add_argument(
+        "--features", metavar="FILE", default=None, help="pre-extracted image features keyed by image id, for a 'features' model"
+    )
     g.add_argument("--split-scheme", choices=["karpathy", "coco", "ids", "mrnn"], default=None, help="how COCO images are split")
-    g.add_argument("--sizes", metavar="train=N,val=N,test=N", type=_sizes, default=None, help="images per split of the shapes data (the training split must match the run's, or the vocabulary differs)")
+    g.add_argument(
+        "--sizes",
+        metavar="train=N,val=N,test=N",
+        type=_sizes,
+        default=None,
+        help="images per split of the shapes data (the training split must match the run's, or the vocabulary differs)",
+    )
     g.add_argument("--data-seed", metavar="S", type=int, default=None, help="seed of the generated shapes data")
 
 
@@ -98,14 +108,37 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """
     p = add_command_parser(subparsers, "caption", "sample diverse captions for images", DESCRIPTION, EPILOG)
     add_checkpoint_argument(p)
-    p.add_argument("--images", metavar="ID,ID,...", type=_ids, default=None, help="caption these image ids (looked up in --split, else in test, val, train)")
+    p.add_argument(
+        "--images",
+        metavar="ID,ID,...",
+        type=_ids,
+        default=None,
+        help="caption these image ids (looked up in --split, else in test, val, train)",
+    )
     p.add_argument("--split", choices=["val", "test", "train"], default=None, help="caption the images of this split (default test)")
-    p.add_argument("--num-samples", type=positive_int, default=100, metavar="S", help="captions sampled per image (default 100, the paper's protocol)")
-    p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="scales the prior's base samples; 0 gives one deterministic caption (default 1.0)")
-    p.add_argument("--method", choices=["greedy", "beam"], default="greedy", help="decoding of each sampled latent (default greedy; beam width 2 as the official code)")
+    p.add_argument(
+        "--num-samples", type=positive_int, default=100, metavar="S", help="captions sampled per image (default 100, the paper's protocol)"
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        metavar="T",
+        help="scales the prior's base samples; 0 gives one deterministic caption (default 1.0)",
+    )
+    p.add_argument(
+        "--method",
+        choices=["greedy", "beam"],
+        default="greedy",
+        help="decoding of each sampled latent (default greedy; beam width 2 as the official code)",
+    )
     p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N images (default: all of the split)")
-    p.add_argument("--show", type=int, default=5, metavar="K", help="captions printed per image (all go to --out; default 5, 0 prints none)")
-    p.add_argument("--out", metavar="FILE", default=None, help="write {image_id: [captions]} as JSON here (default CHECKPOINT/captions_<split>.json)")
+    p.add_argument(
+        "--show", type=int, default=5, metavar="K", help="captions printed per image (all go to --out; default 5, 0 prints none)"
+    )
+    p.add_argument(
+        "--out", metavar="FILE", default=None, help="write {image_id: [captions]} as JSON here (default CHECKPOINT/captions_<split>.json)"
+    )
     add_seed_argument(p)
     p.add_argument("--batch-size", type=positive_int, default=8, metavar="B", help="images per sampling call (default 8)")
     add_device_argument(p)

@@ -71,13 +71,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["val", "test"], default="test", help="the evaluated split (default test)")
     p.add_argument("--out", metavar="DIR", default=None, help="the report folder (default CHECKPOINT/report)")
     g = p.add_argument_group("captioning")
-    g.add_argument("--num-samples", type=positive_int, default=100, metavar="S", help="captions sampled per image (default 100, the paper's protocol)")
+    g.add_argument(
+        "--num-samples", type=positive_int, default=100, metavar="S", help="captions sampled per image (default 100, the paper's protocol)"
+    )
     g.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N images of the split (default all)")
     g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature of the text prior (default 1.0)")
     g.add_argument("--method", choices=["greedy", "beam"], default="greedy", help="decoding (default greedy)")
     g.add_argument("--k", type=positive_int, default=60, help="neighbours of the consensus re-ranking (default 60, the paper's)")
     g.add_argument("--m", type=positive_int, default=125, help="consensus scores summed per candidate (default 125, the paper's)")
-    g.add_argument("--best-n", type=positive_int, default=5, metavar="N", help="captions per image kept for the diversity table (default 5)")
+    g.add_argument(
+        "--best-n", type=positive_int, default=5, metavar="N", help="captions per image kept for the diversity table (default 5)"
+    )
     g.add_argument(
         "--rerank-features",
         choices=["auto", "shared", "raw"],
@@ -87,11 +91,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--no-captioning", action="store_true", help="skip the captioning tables")
     g = p.add_argument_group("text-to-image")
     g.add_argument("--no-text-to-image", action="store_true", help="skip Table 6 (automatic for 'features' models)")
-    g.add_argument("--t2i-captions", type=positive_int, default=20, metavar="N", help="captions (the first caption of the first N images of the split) (default 20)")
+    g.add_argument(
+        "--t2i-captions",
+        type=positive_int,
+        default=20,
+        metavar="N",
+        help="captions (the first caption of the first N images of the split) (default 20)",
+    )
     g.add_argument("--t2i-samples", type=positive_int, default=16, metavar="S", help="images per caption, >= 2 (default 16)")
     g.add_argument("--ivom-restarts", type=non_negative_int, default=3, metavar="R", help="IvOM restarts, 0 skips IvOM (default 3)")
     g.add_argument("--ivom-steps", type=non_negative_int, default=100, metavar="K", help="IvOM Adam steps per restart (default 100)")
-    g.add_argument("--lpips", choices=["auto", "require", "off"], default="auto", help="LPIPS diversity: when it loads (auto), required, or off; pixel diversity is always reported")
+    g.add_argument(
+        "--lpips",
+        choices=["auto", "require", "off"],
+        default="auto",
+        help="LPIPS diversity: when it loads (auto), required, or off; pixel diversity is always reported",
+    )
     add_seed_argument(p)
     add_device_argument(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")

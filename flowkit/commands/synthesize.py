@@ -59,7 +59,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_checkpoint_argument(p)
     p.add_argument("--caption", metavar="TEXT", action="append", required=True, help="the caption (repeat for several; one grid row each)")
     p.add_argument("--num-samples", type=positive_int, default=8, metavar="S", help="images per caption (default 8)")
-    p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="scales the prior's base samples; 0 gives the mode (default 1.0)")
+    p.add_argument(
+        "--temperature", type=float, default=1.0, metavar="T", help="scales the prior's base samples; 0 gives the mode (default 1.0)"
+    )
     p.add_argument("--out", metavar="FILE", default=None, help="the PNG grid (default CHECKPOINT/synthesized.png)")
     p.add_argument("--save-tensor", metavar="FILE", default=None, help="also save the images as a torch tensor file (.pt)")
     add_seed_argument(p)

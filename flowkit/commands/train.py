@@ -59,6 +59,7 @@ examples:
   flowkit train --data shapes --labeled-fraction 0.3 --set lambda_align=5 gan=true --out runs/semi
 """
 
+
 def _sizes(text: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for part in text.split(","):
@@ -83,19 +84,72 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """
 
     p = add_command_parser(subparsers, "train", "train LNFMM (exact resume, DDP under torchrun)", DESCRIPTION, EPILOG)
-    g = p.add_argument_group("data")
-    g.add_argument("--data", choices=["shapes", "coco"], default=None, help="the embedded shapes data (default) or COCO-format files under --coco-root")
-    g.add_argument("--coco-root", metavar="PATH", default=None, help="COCO-format folder (annotations and images), for --data coco")
-    g.add_argument("--features", metavar="PATH", default=None, help="pre-extracted image features keyed by image id (.npy/.npz/.h5); the model then uses the 'features' encoder")
-    g.add_argument("--split-scheme", choices=["karpathy", "coco", "ids", "mrnn"], default=None, help=f"how COCO images are split (default {DATA_DEFAULTS['split_scheme']})")
-    g.add_argument("--sizes", metavar="train=N,val=N,test=N", type=_sizes, default=None, help="images per split of the shapes data (default train=2000,val=200,test=200)")
-    g.add_argument("--data-seed", metavar="S", type=int, default=None, help=f"seed of the generated shapes data (default {DATA_DEFAULTS['data_seed']})")
-    g.add_argument("--max-len", metavar="L", type=positive_int, default=None, help="caption length in tokens with <start>/<end> (default 20 shapes, 40 COCO)")
-    g.add_argument("--vocab-threshold", metavar="K", type=positive_int, default=None, help=f"keep words seen at least K times in training captions (default {DATA_DEFAULTS['vocab_threshold']})")
+    for add_group in (_add_data_arguments, _add_model_arguments, _add_training_arguments, _add_output_arguments):
+        add_group(p)
+    return p
 
+
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    r"""The ``data`` options: which data, where, its split, sizes, seed and vocabulary."""
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data", choices=["shapes", "coco"], default=None, help="the embedded shapes data (default) or COCO-format files under --coco-root"
+    )
+    g.add_argument("--coco-root", metavar="PATH", default=None, help="COCO-format folder (annotations and images), for --data coco")
+    g.add_argument(
+        "--features",
+        metavar="PATH",
+        default=None,
+        help="pre-extracted image features keyed by image id (.npy/.npz/.h5); the model then uses the 'features' encoder",
+    )
+    g.add_argument(
+        "--split-scheme",
+        choices=["karpathy", "coco", "ids", "mrnn"],
+        default=None,
+        help=f"how COCO images are split (default {DATA_DEFAULTS['split_scheme']})",
+    )
+    g.add_argument(
+        "--sizes",
+        metavar="train=N,val=N,test=N",
+        type=_sizes,
+        default=None,
+        help="images per split of the shapes data (default train=2000,val=200,test=200)",
+    )
+    g.add_argument(
+        "--data-seed", metavar="S", type=int, default=None, help=f"seed of the generated shapes data (default {DATA_DEFAULTS['data_seed']})"
+    )
+    g.add_argument(
+        "--max-len",
+        metavar="L",
+        type=positive_int,
+        default=None,
+        help="caption length in tokens with <start>/<end> (default 20 shapes, 40 COCO)",
+    )
+    g.add_argument(
+        "--vocab-threshold",
+        metavar="K",
+        type=positive_int,
+        default=None,
+        help=f"keep words seen at least K times in training captions (default {DATA_DEFAULTS['vocab_threshold']})",
+    )
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    r"""The ``model`` options: the preset, the learning rate and config overrides."""
     g = p.add_argument_group("model")
-    g.add_argument("--preset", choices=["small", "paper"], default=None, help="LNFMMConfig preset: 'small' (CPU minutes, default) or 'paper' (appendix A.1 sizes)")
-    g.add_argument("--lr", type=float, metavar="LR", default=None, help="the base Adam learning rate (config.optim.lr; the image encoder keeps config.optim.image_encoder_lr)")
+    g.add_argument(
+        "--preset",
+        choices=["small", "paper"],
+        default=None,
+        help="LNFMMConfig preset: 'small' (CPU minutes, default) or 'paper' (appendix A.1 sizes)",
+    )
+    g.add_argument(
+        "--lr",
+        type=float,
+        metavar="LR",
+        default=None,
+        help="the base Adam learning rate (config.optim.lr; the image encoder keeps config.optim.image_encoder_lr)",
+    )
     g.add_argument(
         "--set",
         dest="overrides",
@@ -106,21 +160,87 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="override LNFMMConfig fields by their flat names or as group.field, e.g. --set fs_layers=6 gan=true alignment=mse loss.rec_t=1 (values are parsed as JSON, else taken as strings)",
     )
 
-    g = p.add_argument_group("training")
-    g.add_argument("--steps", type=non_negative_int, metavar="N", default=None, help=f"total optimizer steps (a resumed run continues up to N; default {_DEFAULT.steps})")
-    g.add_argument("--batch-size", type=positive_int, metavar="B", default=None, help="pairs per step and process (default " + ", ".join(f"{v} {k}" for k, v in PRESET_BATCH_SIZES.items()) + ")")
-    g.add_argument("--seed", type=int, metavar="S", default=None, help=f"seed of the initialization, training noise and data order (default {_DEFAULT.seed})")
-    g.add_argument("--labeled-fraction", type=fraction, metavar="F", default=None, help=f"semi-supervised: only this fixed, seeded fraction of training pairs is labeled (default {_DEFAULT.labeled_fraction})")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help=f"where to train (default {_DEFAULT.device}; auto: CUDA when available, under torchrun cuda:LOCAL_RANK)")
-    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default=None, help=f"mixed precision on CUDA (default {_DEFAULT.amp}; auto: bf16 where supported, else fp16 + GradScaler); ignored on CPU")
-    g.add_argument("--num-workers", type=non_negative_int, metavar="W", default=None, help=f"DataLoader worker processes (default {_DEFAULT.num_workers})")
-    g.add_argument("--find-unused-parameters", action="store_true", default=None, help="under torchrun: let DDP handle parameters without a gradient in a step (slower; LNFMM does not need it)")
 
+def _add_training_arguments(p: argparse.ArgumentParser) -> None:
+    r"""The ``training`` options: the budget, seed, labeled fraction, device and precision."""
+    g = p.add_argument_group("training")
+    g.add_argument(
+        "--steps",
+        type=non_negative_int,
+        metavar="N",
+        default=None,
+        help=f"total optimizer steps (a resumed run continues up to N; default {_DEFAULT.steps})",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=positive_int,
+        metavar="B",
+        default=None,
+        help="pairs per step and process (default " + ", ".join(f"{v} {k}" for k, v in PRESET_BATCH_SIZES.items()) + ")",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        metavar="S",
+        default=None,
+        help=f"seed of the initialization, training noise and data order (default {_DEFAULT.seed})",
+    )
+    g.add_argument(
+        "--labeled-fraction",
+        type=fraction,
+        metavar="F",
+        default=None,
+        help=f"semi-supervised: only this fixed, seeded fraction of training pairs is labeled (default {_DEFAULT.labeled_fraction})",
+    )
+    g.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default=None,
+        help=f"where to train (default {_DEFAULT.device}; auto: CUDA when available, under torchrun cuda:LOCAL_RANK)",
+    )
+    g.add_argument(
+        "--amp",
+        choices=["auto", "bf16", "fp16", "off"],
+        default=None,
+        help=f"mixed precision on CUDA (default {_DEFAULT.amp}; auto: bf16 where supported, else fp16 + GradScaler); ignored on CPU",
+    )
+    g.add_argument(
+        "--num-workers",
+        type=non_negative_int,
+        metavar="W",
+        default=None,
+        help=f"DataLoader worker processes (default {_DEFAULT.num_workers})",
+    )
+    g.add_argument(
+        "--find-unused-parameters",
+        action="store_true",
+        default=None,
+        help="under torchrun: let DDP handle parameters without a gradient in a step (slower; LNFMM does not need it)",
+    )
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+    r"""The ``output`` options: the run folder, resume, checkpoints, logs and progress."""
     g = p.add_argument_group("output")
-    g.add_argument("--out", metavar="DIR", default=None, help="run folder for checkpoint.pt, config.json, vocab.json, log.csv (default: the --resume folder)")
-    g.add_argument("--resume", metavar="DIR", default=None, help="continue exactly from DIR/checkpoint.pt (errors if there is none or the run differs)")
-    g.add_argument("--overwrite", action="store_true", help="start a new run in an --out folder that already holds a checkpoint (replacing it)")
-    g.add_argument("--checkpoint-every", type=non_negative_int, metavar="K", default=None, help=f"save a checkpoint every K steps, 0 for the end only (default {_DEFAULT.checkpoint_every}, on --resume the checkpoint's); saves are atomic")
+    g.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="run folder for checkpoint.pt, config.json, vocab.json, log.csv (default: the --resume folder)",
+    )
+    g.add_argument(
+        "--resume", metavar="DIR", default=None, help="continue exactly from DIR/checkpoint.pt (errors if there is none or the run differs)"
+    )
+    g.add_argument(
+        "--overwrite", action="store_true", help="start a new run in an --out folder that already holds a checkpoint (replacing it)"
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        type=non_negative_int,
+        metavar="K",
+        default=None,
+        help=f"save a checkpoint every K steps, 0 for the end only (default {_DEFAULT.checkpoint_every}, on --resume the checkpoint's); saves are atomic",
+    )
     g.add_argument(
         "--log",
         "--log-backend",
@@ -130,9 +250,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"log.csv is always written; 'tensorboard'/'both' add TensorBoard events when installed (default {_DEFAULT.log}, on --resume the checkpoint's). "
         "Under torchrun spell it --log-backend: torchrun's own parser takes --log for an abbreviation of its --log-dir",
     )
-    g.add_argument("--log-every", type=positive_int, metavar="K", default=None, help=f"write a log row every K steps (default {_DEFAULT.log_every})")
+    g.add_argument(
+        "--log-every", type=positive_int, metavar="K", default=None, help=f"write a log row every K steps (default {_DEFAULT.log_every})"
+    )
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return p
 
 
 def parse_overrides(items: list[str], config_class: Any) -> dict[str, Any]:
@@ -157,7 +278,11 @@ def parse_overrides(items: list[str], config_class: Any) -> dict[str, Any]:
 
     reference = config_class()
     # a config of groups (LNFMMConfig) names its fields flat, as before the groups, and as "group.field"
-    fields = reference.to_flat_dict() if hasattr(reference, "to_flat_dict") else {f.name: getattr(reference, f.name) for f in dataclasses.fields(config_class)}
+    fields = (
+        reference.to_flat_dict()
+        if hasattr(reference, "to_flat_dict")
+        else {f.name: getattr(reference, f.name) for f in dataclasses.fields(config_class)}
+    )
     nested = {f"{g}.{k}": v for g, d in dataclasses.asdict(reference).items() if isinstance(d, dict) and g != "notes" for k, v in d.items()}
     known = {**fields, **nested}
     out: dict[str, Any] = {}
@@ -209,8 +334,19 @@ def run(args: argparse.Namespace) -> int:
         overrides["lr"] = float(args.lr)
     settings = {
         name: getattr(args, name)
-        for name in ("steps", "batch_size", "seed", "labeled_fraction", "device", "amp", "num_workers", "find_unused_parameters",
-                     "checkpoint_every", "log", "log_every")
+        for name in (
+            "steps",
+            "batch_size",
+            "seed",
+            "labeled_fraction",
+            "device",
+            "amp",
+            "num_workers",
+            "find_unused_parameters",
+            "checkpoint_every",
+            "log",
+            "log_every",
+        )
     }
     trainer = train_run(
         args.out,

@@ -76,8 +76,6 @@ class ClassifierConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-
-
 _CROP = 24
 _STARTS = (1, 22, 43)  # crop origins in the image padded by 2: each 24x24 crop holds its cell's object
 

@@ -130,7 +130,11 @@ def load_coco(path: str | os.PathLike[str]) -> Any:
     except ImportError as e:  # pragma: no cover - pycocotools is in the 'coco' extra
         raise ImportError("reading COCO files needs pycocotools: pip install 'flowkit[coco]'") from e
     path = Path(path)
-    data = read_json(path, "COCO captions file", "Pass root= a folder with annotations/captions_<split>.json (e.g. one written by flowkit.data.shapes.export_coco).")
+    data = read_json(
+        path,
+        "COCO captions file",
+        "Pass root= a folder with annotations/captions_<split>.json (e.g. one written by flowkit.data.shapes.export_coco).",
+    )
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise DataError(f"COCO captions file {path} needs the keys 'images' and 'annotations', got {keys}")
@@ -159,8 +163,7 @@ def _check_id(value: Any, path: Path, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         fix = f" (write {value.strip()} without quotes)" if isinstance(value, str) and value.strip().isdigit() else ""
         raise DataError(
-            f"COCO captions file {path}: {where} has image id {value!r}, a {type(value).__name__}; "
-            f"COCO image ids are integers{fix}"
+            f"COCO captions file {path}: {where} has image id {value!r}, a {type(value).__name__}; COCO image ids are integers{fix}"
         )
 
 
@@ -244,7 +247,9 @@ def _karpathy(root: Path, path: Path) -> dict[str, list[ImageRecord]]:
             caps = [s["raw"] for s in im.get("sentences", [])]
             bad = [c for c in caps if not isinstance(c, str)]
             if bad:
-                raise DataError(f"Karpathy split file {path}: image #{k} (cocoid {iid}) has caption {bad[0]!r}, a {type(bad[0]).__name__}; captions must be strings")
+                raise DataError(
+                    f"Karpathy split file {path}: image #{k} (cocoid {iid}) has caption {bad[0]!r}, a {type(bad[0]).__name__}; captions must be strings"
+                )
             file = root / im.get("filepath", "") / im["filename"]
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"Karpathy split file {path}: image #{k} lacks {e} (needs split, filename, cocoid, sentences[].raw)") from e
@@ -318,7 +323,11 @@ def read_splits(
     if split_scheme in ("ids", "mrnn"):
         ann_files = sorted((root / "annotations").glob("captions_*.json"))
         if not ann_files:
-            raise _missing(root / "annotations" / "captions_*.json", "COCO captions files", "The 'ids'/'mrnn' schemes read captions from every annotations/captions_*.json under root.")
+            raise _missing(
+                root / "annotations" / "captions_*.json",
+                "COCO captions files",
+                "The 'ids'/'mrnn' schemes read captions from every annotations/captions_*.json under root.",
+            )
         records: dict[int, ImageRecord] = {}
         for f in ann_files:
             coco = load_coco(f)
@@ -351,7 +360,11 @@ def _npy_ids(path: Path) -> Path:
     for p in (path.with_name(path.stem + "_ids.txt"), path.with_name(path.name + ".ids.txt")):
         if p.is_file():
             return p
-    raise _missing(path.with_name(path.stem + "_ids.txt"), f"ids file of the features {path}", "A .npy features file needs its image ids, one per row, in <stem>_ids.txt (or use .npz with arrays 'ids' and 'features').")
+    raise _missing(
+        path.with_name(path.stem + "_ids.txt"),
+        f"ids file of the features {path}",
+        "A .npy features file needs its image ids, one per row, in <stem>_ids.txt (or use .npz with arrays 'ids' and 'features').",
+    )
 
 
 def load_features(

@@ -485,8 +485,7 @@ _NP_MASKS = tuple(m for m in itertools.product((False, True), repeat=3) if any(m
 
 def _specs(o: SceneObject) -> list[ObjectSpec]:
     return [
-        ObjectSpec(shape=o.shape if sh else None, color=o.color if co else None, size=o.size if si else None)
-        for si, co, sh in _NP_MASKS
+        ObjectSpec(shape=o.shape if sh else None, color=o.color if co else None, size=o.size if si else None) for si, co, sh in _NP_MASKS
     ]
 
 

@@ -141,8 +141,6 @@ def caption_coverage(
     return total / len(captions_by_image)
 
 
-
-
 class SceneReader(Protocol):
     r"""Anything that reads scenes off images (an :class:`AttributeClassifier`, or an oracle)."""
 

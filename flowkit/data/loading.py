@@ -140,7 +140,9 @@ class CaptionData:
     max_len: int
 
 
-def _records_from_shapes(sizes: Mapping[str, int], seed: int) -> tuple[dict[str, list[ImageRecord]], np.ndarray, dict[int, int], dict[int, Scene]]:
+def _records_from_shapes(
+    sizes: Mapping[str, int], seed: int
+) -> tuple[dict[str, list[ImageRecord]], np.ndarray, dict[int, int], dict[int, Scene]]:
     from flowkit.data.shapes import DEFAULT_SIZES, ShapesCaptions
 
     sizes = {**DEFAULT_SIZES, **dict(sizes)}
@@ -181,7 +183,11 @@ def _coco_records(
     n = sum(len(v) for v in splits.values())
     if preload if preload is not None else n * image_size * image_size * 3 <= 2 << 30:
         ids = [r.image_id for s in _SPLITS for r in splits[s]]
-        arr = np.stack([load_image(images.paths[i], image_size) for i in tqdm(ids, desc="images", disable=not progress)]) if ids else np.zeros((0, image_size, image_size, 3), np.uint8)
+        arr = (
+            np.stack([load_image(images.paths[i], image_size) for i in tqdm(ids, desc="images", disable=not progress)])
+            if ids
+            else np.zeros((0, image_size, image_size, 3), np.uint8)
+        )
         images = _Images(pixels=arr, rows={i: k for k, i in enumerate(ids)})
     return splits, images
 
@@ -193,6 +199,20 @@ def _feature_images(
     needed = [r.image_id for s in _SPLITS for r in splits[s]]
     rows, feats = load_features(features, required_ids=needed, expected_dim=feature_dim)
     return _Images(features=feats, rows=rows), (feats.shape[1],), "features"
+
+
+def _check_source(source: str, root: Any, max_len: int | None) -> int:
+    r"""Checks :func:`load_caption_data`'s source, root and caption length; returns the length."""
+    if source not in ("shapes", "coco"):
+        raise ValueError(f"source must be 'shapes' or 'coco', got {source!r}")
+    if source == "shapes" and root is not None:
+        raise ValueError(
+            "root= is for source='coco'; the shapes data is generated from sizes= and seed= (export it with flowkit.data.shapes.export_coco)"
+        )
+    max_len = DEFAULT_MAX_LEN[source] if max_len is None else int(max_len)
+    if max_len < 2:
+        raise ValueError(f"max_len must be >= 2, got {max_len}")
+    return max_len
 
 
 def load_caption_data(
@@ -240,15 +260,9 @@ def load_caption_data(
         >>> batch["image"].shape, batch["caption"].shape
         (torch.Size([4, 3, 64, 64]), torch.Size([4, 20]))
     """
-    if source not in ("shapes", "coco"):
-        raise ValueError(f"source must be 'shapes' or 'coco', got {source!r}")
-    max_len = DEFAULT_MAX_LEN[source] if max_len is None else int(max_len)
-    if max_len < 2:
-        raise ValueError(f"max_len must be >= 2, got {max_len}")
+    max_len = _check_source(source, root, max_len)
     scenes: dict[int, Scene] | None = None
     if source == "shapes":
-        if root is not None:
-            raise ValueError("root= is for source='coco'; the shapes data is generated from sizes= and seed= (export it with flowkit.data.shapes.export_coco)")
         splits, pixels, rows, scenes = _records_from_shapes(sizes or {}, seed)
         images = _Images(pixels=pixels, rows=rows)
     else:
@@ -303,6 +317,7 @@ def load_data_from_options(opts: Mapping[str, Any], progress: bool = False) -> C
         progress=progress,
     )
 
+
 def _pairs_with_words(records: Sequence[ImageRecord], source: str, root: Any) -> list[tuple[int, str]]:
     r"""The training pairs whose caption has a word; empty or punctuation-only captions would
     train as ``<start><end>``: they are dropped with a warning (an error when all are)."""
@@ -329,7 +344,11 @@ def _check_image_files(splits: Mapping[str, Sequence[ImageRecord]]) -> None:
     for s, recs in splits.items():
         unknown = [r.image_id for r in recs if r.path is None]
         if unknown:
-            raise DataError(f"{len(unknown)} images of split {s!r} have no file name in the annotations (e.g. ids {unknown[:5]}); pass features= instead")
+            raise DataError(
+                f"{len(unknown)} images of split {s!r} have no file name in the annotations (e.g. ids {unknown[:5]}); pass features= instead"
+            )
         missing = [r.path for r in recs if r.path is not None and not r.path.is_file()]
         if missing:
-            raise DataError(f"{len(missing)} image files of split {s!r} are missing (e.g. {[str(p) for p in missing[:3]]}); check root= or pass features=")
+            raise DataError(
+                f"{len(missing)} image files of split {s!r} are missing (e.g. {[str(p) for p in missing[:3]]}); check root= or pass features="
+            )

@@ -185,7 +185,9 @@ def render_scenes(styles: Sequence[Mapping[str, np.ndarray]], chunk: int = 256) 
         gx = (xs / IMAGE_SIZE - 0.5)[None] * stack["grad"][:, 0, None, None]
         gy = (ys / IMAGE_SIZE - 0.5)[None] * stack["grad"][:, 1, None, None]
         img = stack["bg"][:, None, None, :] + (gx + gy)[..., None]
-        noise = np.stack([np.random.default_rng(int(s)).standard_normal((IMAGE_SIZE, IMAGE_SIZE, 3), np.float32) for s in stack["noise_seed"]])
+        noise = np.stack(
+            [np.random.default_rng(int(s)).standard_normal((IMAGE_SIZE, IMAGE_SIZE, 3), np.float32) for s in stack["noise_seed"]]
+        )
         for slot in range(2):
             for k in range(len(SHAPES)):
                 idx = np.nonzero(stack["present"][:, slot] & (stack["shape"][:, slot] == k))[0]

@@ -235,6 +235,8 @@ def find_split(data: Any, image_ids: Sequence[int]) -> str:
         if wanted <= set(split_images(data, split).image_ids):
             return split
     raise ValueError(f"image ids {sorted(wanted)[:5]} are not all in one split of the data (test, val or train)")
+
+
 def _raw_rows(data: Any, ids: Sequence[int]) -> Tensor:
     return torch.stack([data.train.images(int(i)).flatten().float() for i in ids])
 
@@ -439,7 +441,9 @@ def _rerank_kind(data: Any, features: str) -> str:
     return features
 
 
-def _rerank_features(model: nn.Module, data: Any, samples: CaptionSamples, train_ids: list[int], kind: str, progress: bool) -> tuple[Tensor, Tensor, str]:
+def _rerank_features(
+    model: nn.Module, data: Any, samples: CaptionSamples, train_ids: list[int], kind: str, progress: bool
+) -> tuple[Tensor, Tensor, str]:
     r"""The k-NN features of the training images and of the sampled ones, and their description."""
     dataset = getattr(data, samples.split)
     ids = samples.image_ids
@@ -574,7 +578,9 @@ class GroundTruthResult(JsonResult):
         return to_jsonable({f.name: getattr(self, f.name) for f in fields(self)})
 
 
-def ground_truth_table(samples: CaptionSamples, consensus: ConsensusResult, scenes: Mapping[int, Any], best_n: int = 5) -> GroundTruthResult:
+def ground_truth_table(
+    samples: CaptionSamples, consensus: ConsensusResult, scenes: Mapping[int, Any], best_n: int = 5
+) -> GroundTruthResult:
     r"""Ground truth of sampled captions on the shapes data (exact, :mod:`flowkit.data.judges`).
 
     Arguments:
@@ -642,7 +648,13 @@ class CaptioningResult(JsonResult):
 
     def to_json(self) -> dict[str, Any]:
         s, c, ids = self.samples, self.consensus, self.samples.image_ids
-        out: dict[str, Any] = {"split": s.split, "num_images": len(ids), "num_samples": int(s.num_samples), "temperature": float(s.temperature), "method": s.method}
+        out: dict[str, Any] = {
+            "split": s.split,
+            "num_images": len(ids),
+            "num_samples": int(s.num_samples),
+            "temperature": float(s.temperature),
+            "method": s.method,
+        }
         out.update(oracle=self.oracle, consensus=c, consensus_k=c.k, consensus_m=c.m, rerank_features=c.features)
         out.update(rerank_features_description=c.features_description, best_n=self.diversity.best_n, diversity=self.diversity)
         if self.ground_truth is not None:
@@ -727,12 +739,13 @@ def evaluate_captioning(
     """
     best_n = _check_captioning(split, rerank_features, best_n)
     start = time.perf_counter()
+    how = {"temperature": temperature, "method": method}
     if candidates is None:
         samples = sample_captioning(
-            model, data, split, num_samples, temperature=temperature, method=method, limit=limit, batch_size=batch_size, seed=seed, progress=progress
+            model, data, split, num_samples, **how, limit=limit, batch_size=batch_size, seed=seed, progress=progress
         )
     else:
-        samples = caption_samples(data, split, candidates, temperature=temperature, method=method)
+        samples = caption_samples(data, split, candidates, **how)
     timings: dict[str, float] = {"sampling": time.perf_counter() - start}
     oracle = timed(timings, "oracle", oracle_table, samples, progress=progress)
     consensus = timed(timings, "consensus", consensus_table, model, data, samples, k, m, rerank_features, progress=progress)

@@ -64,9 +64,7 @@ def code_scales(model: nn.Module, images: Tensor, captions: Tensor) -> dict[str,
 
 
 @torch.no_grad()
-def reconstruction_accuracy(
-    model: nn.Module, images: Tensor, captions: Tensor, scenes: Sequence[Scene], vocab: Any
-) -> dict[str, float]:
+def reconstruction_accuracy(model: nn.Module, images: Tensor, captions: Tensor, scenes: Sequence[Scene], vocab: Any) -> dict[str, float]:
     r"""Greedy decodes of reference captions from their codes, judged against their scenes.
 
     Returns ``recon_own`` (decoded from ``[z_s^t, z'_t]``, the caption's own posterior means)
@@ -101,7 +99,11 @@ def _pairs(data: Any, num: int) -> tuple[Tensor, Tensor, list[int]]:
     n = len(data.train)
     index = torch.linspace(0, n - 1, min(num, n)).long().tolist()
     items = [data.train[i] for i in index]
-    return torch.stack([it["image"] for it in items]), torch.stack([it["caption"] for it in items]), [data.train.image_ids[i] for i in index]
+    return (
+        torch.stack([it["image"] for it in items]),
+        torch.stack([it["caption"] for it in items]),
+        [data.train.image_ids[i] for i in index],
+    )
 
 
 def caption_validator(
@@ -154,8 +156,14 @@ def caption_validator(
         out: dict[str, float] = {}
         for temperature, suffix in ((1.0, ""), (0.0, "_t0")):
             caps = generate_captions(
-                model, dataset, data.vocab, num_samples=num_samples if temperature else 1,
-                temperature=temperature, limit=num_images, progress=False, seed=seed,
+                model,
+                dataset,
+                data.vocab,
+                num_samples=num_samples if temperature else 1,
+                temperature=temperature,
+                limit=num_images,
+                progress=False,
+                seed=seed,
             )
             out[f"accuracy{suffix}"] = caption_accuracy(caps, scenes)
             if temperature:

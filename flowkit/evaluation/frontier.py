@@ -27,7 +27,15 @@ from torch import nn
 from flowkit.data.grammar import Scene
 from flowkit.data.judges import caption_accuracy, caption_coverage
 
-__all__ = ["FRONTIER_TEMPERATURES", "FrontierPoint", "caption_frontier", "image_frontier", "lnfmm_settings", "captioner_settings", "plot_frontier"]
+__all__ = [
+    "FRONTIER_TEMPERATURES",
+    "FrontierPoint",
+    "caption_frontier",
+    "image_frontier",
+    "lnfmm_settings",
+    "captioner_settings",
+    "plot_frontier",
+]
 
 #: The prior (or word) temperatures of the sweep.
 FRONTIER_TEMPERATURES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -51,9 +59,7 @@ def lnfmm_settings(temperatures: Sequence[float] = FRONTIER_TEMPERATURES) -> lis
     return [{"label": f"T={t:g}", "temperature": float(t), "method": "greedy"} for t in temperatures]
 
 
-def captioner_settings(
-    temperatures: Sequence[float] = FRONTIER_TEMPERATURES, beam_widths: Sequence[int] = (2, 5)
-) -> list[dict[str, Any]]:
+def captioner_settings(temperatures: Sequence[float] = FRONTIER_TEMPERATURES, beam_widths: Sequence[int] = (2, 5)) -> list[dict[str, Any]]:
     r"""Sampling settings of a captioner without a latent: word temperatures (0 is greedy) and beams."""
     out = [{"label": f"word T={t:g}", "method": "sample" if t > 0 else "greedy", "word_temperature": float(t)} for t in temperatures]
     return out + [{"label": f"beam {w}", "method": "beam", "beam_width": int(w)} for w in beam_widths]
@@ -139,7 +145,9 @@ def image_frontier(
     for t in temperatures:
         images = sample_images_for_captions(model, captions, vocab, num_samples, t, seed=seed, progress=progress)
         judged = judge_generated_images(images, captions, judge)
-        points.append(FrontierPoint(f"T={t:g}", judged["accuracy"], judged["free_attribute_spread"], float(judged["captions_with_a_true_image"])))
+        points.append(
+            FrontierPoint(f"T={t:g}", judged["accuracy"], judged["free_attribute_spread"], float(judged["captions_with_a_true_image"]))
+        )
     return points
 
 
@@ -180,7 +188,15 @@ def plot_frontier(
         cov = np.array([[p.coverage for p in r] for r in runs])
         x, y = cov.mean(0), acc.mean(0)
         line = ax.plot(x, y, marker="o", label=name)[0]
-        ax.errorbar(x, y, xerr=[x - cov.min(0), cov.max(0) - x], yerr=[y - acc.min(0), acc.max(0) - y], fmt="none", ecolor=line.get_color(), alpha=0.5)
+        ax.errorbar(
+            x,
+            y,
+            xerr=[x - cov.min(0), cov.max(0) - x],
+            yerr=[y - acc.min(0), acc.max(0) - y],
+            fmt="none",
+            ecolor=line.get_color(),
+            alpha=0.5,
+        )
         for k, p in enumerate(runs[0]):
             ax.annotate(p.label, (x[k], y[k]), textcoords="offset points", xytext=(4, 3), fontsize=6, color=line.get_color())
     if reference_coverage is not None:

@@ -83,10 +83,15 @@ def plot_captions(
         if row >= len(images):
             continue
         ax_img.imshow(_hwc(images[row]), interpolation="nearest")
-        lines = [f"{k + 1}. " + "\n    ".join(textwrap.wrap(c or "(empty caption)", 60)) for k, c in enumerate(list(captions[row])[:max_captions])]
+        lines = [
+            f"{k + 1}. " + "\n    ".join(textwrap.wrap(c or "(empty caption)", 60))
+            for k, c in enumerate(list(captions[row])[:max_captions])
+        ]
         ax_txt.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", fontsize=8, family="monospace", transform=ax_txt.transAxes)
         if references is not None and len(references[row]):
-            ax_txt.text(0.0, 0.0, "reference: " + references[row][0], va="bottom", ha="left", fontsize=7, color="0.45", transform=ax_txt.transAxes)
+            ax_txt.text(
+                0.0, 0.0, "reference: " + references[row][0], va="bottom", ha="left", fontsize=7, color="0.45", transform=ax_txt.transAxes
+            )
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)

@@ -32,9 +32,7 @@ __all__ = ["PROBE_ATTRIBUTES", "linear_probe_accuracy", "probe_scene_attributes"
 PROBE_ATTRIBUTES: tuple[str, ...] = ("count", "shape", "color", "size", "row", "col")
 
 
-def linear_probe_accuracy(
-    train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, l2: float = 1e-3, max_iter: int = 200
-) -> float:
+def linear_probe_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, l2: float = 1e-3, max_iter: int = 200) -> float:
     r"""Test accuracy of an L2-regularized multinomial logistic regression (L-BFGS, float64).
 
     The features are standardized with the training mean and std.
@@ -167,6 +165,4 @@ def probe_image_codes(
         with torch.no_grad():
             xtr = code(model, torch.stack([data.train.images(i) for i in train_ids]))
             xte = code(model, torch.stack([data.test.images(i) for i in test_ids]))
-    return probe_scene_attributes(
-        xtr, [scenes[i] for i in train_ids], xte, [scenes[i] for i in test_ids]
-    )
+    return probe_scene_attributes(xtr, [scenes[i] for i in train_ids], xte, [scenes[i] for i in test_ids])

@@ -105,13 +105,18 @@ def format_text_to_image_table(t2i: Mapping[str, Any]) -> str:
         f"| {_f(t2i.get('inception_score'), 2)} ± {_f(t2i.get('inception_score_std'), 2)} | {_f(t2i.get('ivom'), 4)} | {_f(t2i.get('diversity'))} | "
         f"{_f(t2i.get('caption_accuracy'))} | {_f(t2i.get('reference_accuracy'))} | {_f(t2i.get('free_attribute_spread'))} |",
         "",
-        f"IS network: {t2i.get('inception_network', 'n/a')}. IvOM optimises " + str(t2i.get("ivom_variable", "n/a")) + f" ({t2i.get('ivom_restarts', 'n/a')} restarts x {t2i.get('ivom_steps', 'n/a')} Adam steps) "
+        f"IS network: {t2i.get('inception_network', 'n/a')}. IvOM optimises "
+        + str(t2i.get("ivom_variable", "n/a"))
+        + f" ({t2i.get('ivom_restarts', 'n/a')} restarts x {t2i.get('ivom_steps', 'n/a')} Adam steps) "
         "to reconstruct the held-out image the caption came from. Caption accuracy: fraction of generated images whose scene, "
         "as the attribute classifier reads it, makes the caption true (reference accuracy: the same for the real held-out images). "
         "Free-attribute spread: normalized entropy (0..1) of the attributes each caption leaves free, over its correct images.",
     ]
     if t2i.get("lpips") is None:
-        lines += ["", f"Diversity is `pixel_diversity` (RMS pixel distance between two samples of a caption), not LPIPS: value {_f(t2i.get('pixel_diversity'))}."]
+        lines += [
+            "",
+            f"Diversity is `pixel_diversity` (RMS pixel distance between two samples of a caption), not LPIPS: value {_f(t2i.get('pixel_diversity'))}.",
+        ]
     for note in t2i.get("notes", []):
         lines += ["", f"Note: {note}"]
     return "\n".join(lines)
@@ -153,13 +158,27 @@ def _extra_sections(results: Mapping[str, Any], out: Path) -> list[str]:
     probes = results.get("probes")
     if probes:
         attrs = list(next(iter(probes.values())))
-        md += ["## Linear probes (test accuracy; best constant guess in brackets)", "", "| code | " + " | ".join(attrs) + " |", "|---" * (len(attrs) + 1) + "|"]
+        md += [
+            "## Linear probes (test accuracy; best constant guess in brackets)",
+            "",
+            "| code | " + " | ".join(attrs) + " |",
+            "|---" * (len(attrs) + 1) + "|",
+        ]
         for name, table in probes.items():
-            md.append(f"| {name} | " + " | ".join(f"{table[a]['accuracy']:.2f} ({table[a]['chance']:.2f})" if a in table else "-" for a in attrs) + " |")
+            md.append(
+                f"| {name} | "
+                + " | ".join(f"{table[a]['accuracy']:.2f} ({table[a]['chance']:.2f})" if a in table else "-" for a in attrs)
+                + " |"
+            )
         md.append("")
     frontier = results.get("frontier")
     if frontier:
-        md += ["## Accuracy against coverage over sampling temperatures", "", "| setting | accuracy | coverage | distinct per image |", "|---|---|---|---|"]
+        md += [
+            "## Accuracy against coverage over sampling temperatures",
+            "",
+            "| setting | accuracy | coverage | distinct per image |",
+            "|---|---|---|---|",
+        ]
         md += [f"| {p['label']} | {p['accuracy']:.3f} | {p['coverage']:.4f} | {p['distinct']:.1f} |" for p in frontier]
         md.append("")
         if (out / "frontier.png").is_file():
@@ -214,7 +233,9 @@ def _figures(cap: Any, t2i: Any, out: Path) -> tuple[list[str], dict[str, Path]]
     return (["## Figures", ""] + md if md else []), paths
 
 
-def _write_json(results: Mapping[str, Any], meta: Mapping[str, Any], cap: Mapping[str, Any], t2i: Mapping[str, Any], out: Path) -> dict[str, Path]:
+def _write_json(
+    results: Mapping[str, Any], meta: Mapping[str, Any], cap: Mapping[str, Any], t2i: Mapping[str, Any], out: Path
+) -> dict[str, Path]:
     r"""Writes ``results.json`` (``captions.json`` too, with the captions of ``cap``)."""
     from flowkit.io import atomic_write_text
 

@@ -107,7 +107,9 @@ def sample_images_for_captions(
     return torch.cat(outs)
 
 
-def _ivom(model: nn.Module, ids: Tensor, targets: Tensor, restarts: int, steps: int, lr: float, seed: int, progress: bool) -> dict[str, Any]:
+def _ivom(
+    model: nn.Module, ids: Tensor, targets: Tensor, restarts: int, steps: int, lr: float, seed: int, progress: bool
+) -> dict[str, Any]:
     r"""IvOM of the held-out images of each caption, optimising the image-specific code.
 
     With a flow prior, the optimised variable is the base noise :math:`\epsilon` and the code is
@@ -136,7 +138,19 @@ def _ivom(model: nn.Module, ids: Tensor, targets: Tensor, restarts: int, steps: 
             return f_v.transform.inverse(eps, context=context)[0]
 
         std = float(getattr(f_v.base, "std", model.config.flows.base_std))
-        out = ivom(generate, targets, latent_dim=dim, code_fn=code_fn, context=ctx, restarts=restarts, steps=steps, lr=lr, init_std=std, seed=seed, progress=progress)
+        out = ivom(
+            generate,
+            targets,
+            latent_dim=dim,
+            code_fn=code_fn,
+            context=ctx,
+            restarts=restarts,
+            steps=steps,
+            lr=lr,
+            init_std=std,
+            seed=seed,
+            progress=progress,
+        )
         out["variable"] = "base noise eps of f_v (z'_v = f_v^-1(eps; z_s))"
         return out
     gen = torch.Generator().manual_seed(seed)
@@ -447,7 +461,9 @@ class ImageDiversityResult(JsonResult):
 
     def to_json(self) -> dict[str, Any]:
         metric = "LPIPS (alex)" if self.lpips is not None else "pixel_diversity (RMS pixel distance between samples; not LPIPS)"
-        return to_jsonable({"pixel_diversity": self.pixel_diversity, "lpips": self.lpips, "diversity": self.diversity, "diversity_metric": metric})
+        return to_jsonable(
+            {"pixel_diversity": self.pixel_diversity, "lpips": self.lpips, "diversity": self.diversity, "diversity_metric": metric}
+        )
 
 
 LPIPS_MODES = ("auto", "require", "off")
@@ -527,7 +543,12 @@ class TextToImageResult(JsonResult):
 
     def to_json(self) -> dict[str, Any]:
         s = self.samples
-        out: dict[str, Any] = {"split": s.split, "num_captions": len(s.captions), "num_samples": s.num_samples, "temperature": s.temperature}
+        out: dict[str, Any] = {
+            "split": s.split,
+            "num_captions": len(s.captions),
+            "num_samples": s.num_samples,
+            "temperature": s.temperature,
+        }
         out.update(captions=s.captions, source_image_ids=s.source_image_ids, notes=self.notes)
         for part in (self.judges, self.ivom, self.diversity):
             if part is not None:
@@ -600,7 +621,16 @@ def evaluate_text_to_image(
     _check_text_to_image(model, lpips, num_samples)
     start = time.perf_counter()
     samples = sample_text_to_image(
-        model, data, split, num_captions, num_samples, captions=captions, temperature=temperature, batch_size=batch_size, seed=seed, progress=progress
+        model,
+        data,
+        split,
+        num_captions,
+        num_samples,
+        captions=captions,
+        temperature=temperature,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
     )
     timings: dict[str, float] = {"sampling": time.perf_counter() - start}
     judges = None

@@ -23,9 +23,7 @@ from torch import Tensor, nn
 try:
     import nflows.transforms as _nft
 except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "flowkit.interop.nflows needs the nflows package: pip install flowkit[nflows] (or pip install nflows)"
-    ) from e
+    raise ImportError("flowkit.interop.nflows needs the nflows package: pip install flowkit[nflows] (or pip install nflows)") from e
 
 from flowkit.transforms.base import Transform
 
@@ -181,9 +179,7 @@ def from_nflows(nt: nn.Module, features: int | None = None, context_features: in
     if features is None:
         features = _infer_features(nt)
         if features is None:
-            raise ValueError(
-                f"cannot infer the number of features of {type(nt).__name__}; pass from_nflows(nt, features=D)"
-            )
+            raise ValueError(f"cannot infer the number of features of {type(nt).__name__}; pass from_nflows(nt, features=D)")
     if context_features is None:
         context_features = _infer_context_features(nt)
     return NflowsAsFlowkit(nt, features, context_features)

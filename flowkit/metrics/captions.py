@@ -43,9 +43,7 @@ METRIC_KEYS: tuple[str, ...] = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR"
 _BLEU_KEYS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4")
 
 # Same list as pycocoevalcap.tokenizer.ptbtokenizer.PUNCTUATIONS: tokens dropped after tokenizing.
-_PUNCTUATIONS = frozenset(
-    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
-)
+_PUNCTUATIONS = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"])
 _CORENLP_TOKENIZER_JAR = "stanford-corenlp-3.4.1.jar"
 _SPICE_CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 
@@ -151,8 +149,7 @@ def ptb_tokenize(sentences: Sequence[str]) -> list[str]:
         )
     if proc.returncode != 0:
         raise RuntimeError(
-            f"the PTB tokenizer (java -cp {jar}) failed with exit code {proc.returncode}: "
-            f"{proc.stderr.decode(errors='replace')[-2000:]}"
+            f"the PTB tokenizer (java -cp {jar}) failed with exit code {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}"
         )
     out = proc.stdout.decode("utf-8", errors="replace").split("\n")
     if len(out) < len(sentences):
@@ -441,9 +438,7 @@ def caption_scores(
     return corpus, {k: {i: float(v[j]) for j, i in enumerate(ids)} for k, v in per.items()}
 
 
-def _tokenize_nested(
-    refs: Sequence[Sequence[str]], groups: Sequence[Sequence[str]]
-) -> tuple[list[list[str]], list[list[str]]]:
+def _tokenize_nested(refs: Sequence[Sequence[str]], groups: Sequence[Sequence[str]]) -> tuple[list[list[str]], list[list[str]]]:
     # One Java run for the references and every group of flat sentences.
     flat = [s for r in refs for s in r] + [s for g in groups for s in g]
     tok = iter(ptb_tokenize(flat))

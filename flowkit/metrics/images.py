@@ -164,10 +164,8 @@ def ivom(
     dtype = targets.dtype if targets.is_floating_point() else torch.float32
     best = _BestReconstructions(targets.shape[0], inits[0].shape[-1], dtype)
     with _eval_mode(generator):
-        _ivom_batches(
-            generator, code_fn, targets, context, inits, best,
-            steps=steps, lr=lr, value_range=value_range, batch_size=batch_size, progress=progress,
-        )
+        settings = {"steps": steps, "lr": lr, "value_range": value_range, "batch_size": batch_size, "progress": progress}
+        _ivom_batches(generator, code_fn, targets, context, inits, best, **settings)
     return best.result()
 
 
@@ -277,10 +275,7 @@ def _ivom_batches(
                 code = code_fn(eps, *extra) if code_fn is not None else eps
                 out = generator(code, *extra)
                 if out.shape != tgt.shape:
-                    raise ValueError(
-                        f"the generator made images of shape {tuple(out.shape)} "
-                        f"for targets of shape {tuple(tgt.shape)}"
-                    )
+                    raise ValueError(f"the generator made images of shape {tuple(out.shape)} for targets of shape {tuple(tgt.shape)}")
                 err = ((out - lo) / (hi - lo) - tgt).pow(2).flatten(1).mean(1)
                 best.update(sl, err, eps, code)
                 if step == steps:
@@ -352,10 +347,7 @@ def lpips_diversity(
     per_caption = []
     for n in range(x.shape[0]):
         imgs = x[n].to(device=device, dtype=torch.float32) * 2 - 1
-        d = [
-            model(imgs[i[b : b + batch_size]], imgs[j[b : b + batch_size]]).flatten()
-            for b in range(0, len(i), batch_size)
-        ]
+        d = [model(imgs[i[b : b + batch_size]], imgs[j[b : b + batch_size]]).flatten() for b in range(0, len(i), batch_size)]
         per_caption.append(torch.cat(d).mean().item())
     return float(np.mean(per_caption))
 
@@ -385,4 +377,3 @@ def pixel_diversity(samples_per_caption: Tensor, p: str = "l2") -> float:
     dist = torch.cdist(flat, flat, p=2.0) / math.sqrt(d) if p == "l2" else torch.cdist(flat, flat, p=1.0) / d
     i, j = torch.triu_indices(x.shape[1], x.shape[1], offset=1)
     return float(dist[:, i, j].mean(1).mean())
-

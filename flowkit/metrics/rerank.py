@@ -115,15 +115,11 @@ def _feature_table(features: Features, name: str) -> tuple[list[ImageId], np.nda
     elif isinstance(features, tuple) and len(features) == 2:
         ids, table = list(features[0]), _to_numpy(features[1])
         if table.ndim != 2 or table.shape[0] != len(ids):
-            raise ValueError(
-                f"{name}: expected (ids, array of shape (len(ids), F)), got {len(ids)} ids and {table.shape}"
-            )
+            raise ValueError(f"{name}: expected (ids, array of shape (len(ids), F)), got {len(ids)} ids and {table.shape}")
         if len(set(ids)) != len(ids):
             raise ValueError(f"{name}: ids are not unique")
     else:
-        raise TypeError(
-            f"{name} must be a dict id -> vector or a tuple (ids, array (N, F)), got {type(features).__name__}"
-        )
+        raise TypeError(f"{name} must be a dict id -> vector or a tuple (ids, array (N, F)), got {type(features).__name__}")
     if not np.isfinite(table).all():
         raise ValueError(f"{name} contains NaN or inf")
     return ids, table
@@ -181,19 +177,14 @@ def _rerank_features(
     test_ids, test_table = _feature_table(test_features, "test_features")
     train_ids, train_table = _feature_table(train_features, "train_features")
     if test_table.shape[1] != train_table.shape[1]:
-        raise ValueError(
-            f"test features have {test_table.shape[1]} dimensions, train features {train_table.shape[1]}"
-        )
+        raise ValueError(f"test features have {test_table.shape[1]} dimensions, train features {train_table.shape[1]}")
     row_of = {i: r for r, i in enumerate(test_ids)}
     missing = [i for i in candidates if i not in row_of]
     if missing:
         raise ValueError(f"test_features lacks {len(missing)} candidate image ids, e.g. {_examples(missing)}")
     no_caps = [i for i in train_ids if len(train_captions.get(i, ())) == 0]
     if no_caps:
-        raise ValueError(
-            f"train_captions has no captions for {len(no_caps)} training images of train_features, "
-            f"e.g. {_examples(no_caps)}"
-        )
+        raise ValueError(f"train_captions has no captions for {len(no_caps)} training images of train_features, e.g. {_examples(no_caps)}")
     return test_table[[row_of[i] for i in candidates]], train_ids, train_table
 
 

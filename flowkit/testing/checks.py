@@ -107,9 +107,7 @@ def _is_transform(m: nn.Module) -> bool:
     return callable(getattr(m, "inverse", None))
 
 
-def _blame(
-    tc: nn.Module, x: Tensor, context: Tensor | None, check: Callable[..., CheckResult], **kwargs: Any
-) -> str:
+def _blame(tc: nn.Module, x: Tensor, context: Tensor | None, check: Callable[..., CheckResult], **kwargs: Any) -> str:
     # For a failing composite, find the first innermost sub-transform that fails the same check
     # on the input it receives inside the composite; returns "" when none can be singled out.
     subs = [(n, m) for n, m in tc.named_modules() if n and _is_transform(m)]
@@ -308,9 +306,7 @@ def check_invertible(
     )
 
 
-def jacobian_log_det(
-    t: nn.Module, x: Tensor, context: Tensor | None = None, inverse: bool = False
-) -> tuple[Tensor, Tensor]:
+def jacobian_log_det(t: nn.Module, x: Tensor, context: Tensor | None = None, inverse: bool = False) -> tuple[Tensor, Tensor]:
     r"""The per-sample log-absolute-determinant of the Jacobian of ``t`` (or ``t.inverse``) by autograd.
 
     Samples of a batch are independent, so the Jacobian of the batch-summed output
@@ -434,25 +430,15 @@ def check_shapes(
                     continue
                 y, ld = out
                 if y.shape != xd.shape or y.dtype != dt:
-                    problems.append(
-                        f"{direction} output is {tuple(y.shape)} {y.dtype} for input {tuple(xd.shape)} {dt}"
-                    )
+                    problems.append(f"{direction} output is {tuple(y.shape)} {y.dtype} for input {tuple(xd.shape)} {dt}")
                 if ld.shape != (xd.shape[0],) or ld.dtype != dt:
-                    problems.append(
-                        f"{direction} logabsdet is {tuple(ld.shape)} {ld.dtype}, expected ({xd.shape[0]},) {dt}"
-                    )
+                    problems.append(f"{direction} logabsdet is {tuple(ld.shape)} {ld.dtype}, expected ({xd.shape[0]},) {dt}")
     ok = not problems
-    msg = (
-        f"check_shapes passed for {name}"
-        if ok
-        else f"check_shapes failed for {name}: " + "; ".join(dict.fromkeys(problems))
-    )
+    msg = f"check_shapes passed for {name}" if ok else f"check_shapes failed for {name}: " + "; ".join(dict.fromkeys(problems))
     return _finish(CheckResult("check_shapes", name, ok, 0.0 if ok else float("inf"), message=msg), raise_on_failure)
 
 
-def check_deterministic(
-    t: nn.Module, x: Tensor, context: Tensor | None = None, raise_on_failure: bool = True
-) -> CheckResult:
+def check_deterministic(t: nn.Module, x: Tensor, context: Tensor | None = None, raise_on_failure: bool = True) -> CheckResult:
     r"""Checks that two eval-mode forward passes on the same input agree exactly.
 
     Arguments:
@@ -474,8 +460,10 @@ def check_deterministic(
         name,
         comparisons,
         raise_on_failure,
-        lambda c: f"two eval-mode forward passes differ by {c.max_abs_err:.3e} in the {c.what} at {c.where()} "
-        f"(dropout or state that changes on every call?)",
+        lambda c: (
+            f"two eval-mode forward passes differ by {c.max_abs_err:.3e} in the {c.what} at {c.where()} "
+            f"(dropout or state that changes on every call?)"
+        ),
     )
 
 
@@ -518,8 +506,10 @@ def check_batch_independent(
         name,
         comparisons,
         raise_on_failure,
-        lambda c: f"sample {c.worst_sample} gives a different {c.what} alone than in the batch ({c.message()}); "
-        "eval-mode layers must treat samples independently",
+        lambda c: (
+            f"sample {c.worst_sample} gives a different {c.what} alone than in the batch ({c.message()}); "
+            "eval-mode layers must treat samples independently"
+        ),
     )
 
 
@@ -561,7 +551,9 @@ def check_shared_context(
     if not isinstance(t, Transform):
         raise TypeError(f"check_shared_context needs a flowkit Transform (context_repeats), got {name}")
     if context is None:
-        return _finish(CheckResult("check_shared_context", name, True, message=f"check_shared_context: {name} has no context"), raise_on_failure)
+        return _finish(
+            CheckResult("check_shared_context", name, True, message=f"check_shared_context: {name} has no context"), raise_on_failure
+        )
     g = torch.Generator().manual_seed(seed)
     xd = _as(x, torch.float64)
     xs = repeat_context(xd, repeats) + 0.1 * torch.randn(xd.shape[0] * repeats, xd.shape[1], generator=g, dtype=torch.float64)
@@ -580,9 +572,11 @@ def check_shared_context(
         name,
         comparisons,
         raise_on_failure,
-        lambda c: f"{c.what} with context_repeats={repeats} differs from the repeated context at row "
-        f"{c.worst_sample} by {c.max_abs_err:.3e} > atol={atol:g}; a layer with shares_context=True "
-        "must treat a context of B rows as each row repeated for its x rows",
+        lambda c: (
+            f"{c.what} with context_repeats={repeats} differs from the repeated context at row "
+            f"{c.worst_sample} by {c.max_abs_err:.3e} > atol={atol:g}; a layer with shares_context=True "
+            "must treat a context of B rows as each row repeated for its x rows"
+        ),
     )
 
 
@@ -628,17 +622,11 @@ def check_transform(
         checks.append(lambda: check_shared_context(t, x, context, atol=atol_inverse, raise_on_failure=raise_on_failure))
     details = [c() for c in checks]
     ok = all(details)
-    msg = (
-        f"check_transform passed for {name}"
-        if ok
-        else "; ".join(d.message for d in details if not d.ok)
-    )
+    msg = f"check_transform passed for {name}" if ok else "; ".join(d.message for d in details if not d.ok)
     return CheckResult("check_transform", name, ok, max(d.max_error for d in details), message=msg, details=details)
 
 
-def randomize_parameters(
-    t: nn.Module, scale: float = 0.5, seed: int = 0, mark_initialized: bool = True
-) -> nn.Module:
+def randomize_parameters(t: nn.Module, scale: float = 0.5, seed: int = 0, mark_initialized: bool = True) -> nn.Module:
     r"""Moves a layer off its identity initialisation by adding seeded noise to every parameter.
 
     Many layers start as the identity (zero-initialised last layers, unit scales), where a wrong

@@ -308,9 +308,7 @@ def _conditional_actnorm_full(
 ) -> nn.Module:
     import flowkit
 
-    return flowkit.ConditionalActNorm(
-        features, context_features, hidden_features=hidden_features, num_layers=num_layers, scale=scale
-    )
+    return flowkit.ConditionalActNorm(features, context_features, hidden_features=hidden_features, num_layers=num_layers, scale=scale)
 
 
 def _elementwise_scale(features: int, context_features: int, offset: float = 5.0) -> nn.Module:
@@ -405,14 +403,10 @@ def _glow(
     return _flow_transform(flow)
 
 
-def _realnvp(
-    features: int, context_features: int, num_layers: int = 2, mask: str = "half", actnorm: bool = False
-) -> nn.Module:
+def _realnvp(features: int, context_features: int, num_layers: int = 2, mask: str = "half", actnorm: bool = False) -> nn.Module:
     import flowkit
 
-    flow = flowkit.realnvp(
-        features, context_features, num_layers=num_layers, hidden_features=8, mask=mask, actnorm=actnorm, net_layers=1
-    )
+    flow = flowkit.realnvp(features, context_features, num_layers=num_layers, hidden_features=8, mask=mask, actnorm=actnorm, net_layers=1)
     return _flow_transform(flow)
 
 
@@ -452,7 +446,13 @@ def _masked_autoregressive(
     import flowkit
 
     return flowkit.MaskedAutoregressive(
-        features, context_features, hidden_features, num_layers, transform=transform, bins=bins, bound=bound,
+        features,
+        context_features,
+        hidden_features,
+        num_layers,
+        transform=transform,
+        bins=bins,
+        bound=bound,
         order=_order(features, order_seed),
     )
 
@@ -466,9 +466,7 @@ def _iaf(features: int, context_features: int, transform: str = "affine", order_
 def _nsf(features: int, context_features: int, num_layers: int = 2, mask: str = "half", bound: float = 2.0) -> nn.Module:
     import flowkit
 
-    flow = flowkit.nsf(
-        features, context_features, num_layers=num_layers, hidden_features=8, bins=4, bound=bound, mask=mask, net_layers=1
-    )
+    flow = flowkit.nsf(features, context_features, num_layers=num_layers, hidden_features=8, bins=4, bound=bound, mask=mask, net_layers=1)
     return _flow_transform(flow)
 
 
@@ -476,7 +474,13 @@ def _maf(features: int, context_features: int, num_layers: int = 2, transform: s
     import flowkit
 
     flow = flowkit.maf(
-        features, context_features, num_layers=num_layers, hidden_features=8, transform=transform, bins=4, bound=2.0,
+        features,
+        context_features,
+        num_layers=num_layers,
+        hidden_features=8,
+        transform=transform,
+        bins=4,
+        bound=2.0,
         net_layers=1,
     )
     return _flow_transform(flow)
@@ -505,9 +509,7 @@ _COUPLING_OPTIONS: dict[str, Sequence[Any]] = {
 def _register_builtins() -> None:
     r"""Registers flowkit's own base distributions and layers (the order is the registries' order)."""
     register_base("DiagonalNormal", _diagonal_normal, options={"hidden_features": (8, 4)}, overwrite=True)
-    register_base(
-        "GaussianMixture", _gaussian_mixture, options={"components": (3, 1, 5), "hidden_features": (8, 4)}, overwrite=True
-    )
+    register_base("GaussianMixture", _gaussian_mixture, options={"components": (3, 1, 5), "hidden_features": (8, 4)}, overwrite=True)
     _register_elementary_layers()
     _register_spline_autoregressive_and_flow_layers()
 
@@ -535,9 +537,7 @@ def _register_elementary_layers() -> None:
     register_layer("Switch", _switch, context="never", overwrite=True)
     register_layer("Reverse", _reverse, context="never", overwrite=True)
     register_layer("Permutation", _permutation, context="never", options={"seed": (0, 1, 2)}, overwrite=True)
-    register_layer(
-        "Sequential", _sequential, options={"hidden_features": (8, 4), "clamp": _CLAMPS}, overwrite=True
-    )
+    register_layer("Sequential", _sequential, options={"hidden_features": (8, 4), "clamp": _CLAMPS}, overwrite=True)
     register_layer("Inverse", _inverse, options={"hidden_features": (8, 4), "clamp": _CLAMPS}, overwrite=True)
     register_layer(
         "glow",
@@ -576,12 +576,8 @@ def _register_spline_autoregressive_and_flow_layers() -> None:
         },
         overwrite=True,
     )
-    register_layer(
-        "IAF", _iaf, options={"transform": ("affine", "spline"), "order_seed": (None, 0)}, overwrite=True
-    )
-    register_layer(
-        "nsf", _nsf, min_features=2, options={"num_layers": (2, 1), "mask": _MASKS, "bound": (2.0, 5.0)}, overwrite=True
-    )
+    register_layer("IAF", _iaf, options={"transform": ("affine", "spline"), "order_seed": (None, 0)}, overwrite=True)
+    register_layer("nsf", _nsf, min_features=2, options={"num_layers": (2, 1), "mask": _MASKS, "bound": (2.0, 5.0)}, overwrite=True)
     register_layer("maf", _maf, options={"num_layers": (2, 1), "transform": ("affine", "spline")}, overwrite=True)
     register_layer(
         "realnvp",

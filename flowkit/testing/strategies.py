@@ -24,9 +24,7 @@ from torch import Tensor, nn
 try:
     from hypothesis import strategies as st
 except ImportError as e:  # pragma: no cover - hypothesis is a test extra
-    raise ImportError(
-        "flowkit.testing.strategies needs hypothesis: pip install flowkit[test] (or pip install hypothesis)"
-    ) from e
+    raise ImportError("flowkit.testing.strategies needs hypothesis: pip install flowkit[test] (or pip install hypothesis)") from e
 
 from flowkit.testing.registry import LayerSpec, get_layer, registered_layers
 
@@ -71,9 +69,7 @@ def shapes(
 
 
 @st.composite
-def tensors(
-    draw: st.DrawFn, shape: Sequence[int], bound: float = DATA_BOUND, dtype: torch.dtype = torch.float64
-) -> Tensor:
+def tensors(draw: st.DrawFn, shape: Sequence[int], bound: float = DATA_BOUND, dtype: torch.dtype = torch.float64) -> Tensor:
     r"""Draws a tensor of the given shape with finite entries in ``[-bound, bound]`` (float64).
 
     Half of the draws take every entry from hypothesis (so it can shrink to simple values and
@@ -89,11 +85,7 @@ def tensors(
     for s in shape:
         n *= int(s)
     if draw(st.booleans()):
-        values = draw(
-            st.lists(
-                st.floats(-bound, bound, allow_nan=False, allow_infinity=False, width=64), min_size=n, max_size=n
-            )
-        )
+        values = draw(st.lists(st.floats(-bound, bound, allow_nan=False, allow_infinity=False, width=64), min_size=n, max_size=n))
         return torch.tensor(values, dtype=torch.float64).reshape(tuple(shape)).to(dtype)
     seed = draw(st.integers(0, 2**31 - 1))
     scale = draw(st.sampled_from([0.1, 1.0, 2.0]))

@@ -86,13 +86,10 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
     torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
     npy = state["numpy"]
-    np.random.set_state(
-        (npy["kind"], npy["keys"].cpu().numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
-    )
+    np.random.set_state((npy["kind"], npy["keys"].cpu().numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         cuda = [s.cpu().to(torch.uint8) for s in state["cuda"]]
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
-

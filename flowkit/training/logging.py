@@ -118,9 +118,7 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:  # tensorboard is an optional dependency
-            raise ImportError(
-                "TensorBoard logging needs the 'tensorboard' package: pip install 'flowkit[logging]'"
-            ) from e
+            raise ImportError("TensorBoard logging needs the 'tensorboard' package: pip install 'flowkit[logging]'") from e
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def log(self, step: int, terms: Mapping[str, float], lr: float, time: float) -> None:
@@ -161,7 +159,9 @@ class RunLogger:
         self.loggers: list[Any] = [CSVLogger(Path(out) / "log.csv", resume_step)]
         if mode in ("tensorboard", "both"):
             try:
-                self.loggers.append(TensorBoardLogger(Path(out) / "tensorboard", purge_step=None if resume_step is None else resume_step + 1))
+                self.loggers.append(
+                    TensorBoardLogger(Path(out) / "tensorboard", purge_step=None if resume_step is None else resume_step + 1)
+                )
             except ImportError as e:
                 warnings.warn(f"{e}; logging to CSV only", stacklevel=2)
 

@@ -220,7 +220,13 @@ class Trainer:
             group["params"] = [p for p in group["params"] if p.requires_grad]
             group.setdefault("name", spec["name"])
             self.updates.append(
-                _Update(spec["name"], spec["loss"], _adam([group]), torch.amp.GradScaler("cuda", enabled=use_scaler), dict(spec.get("state", {})))
+                _Update(
+                    spec["name"],
+                    spec["loss"],
+                    _adam([group]),
+                    torch.amp.GradScaler("cuda", enabled=use_scaler),
+                    dict(spec.get("state", {})),
+                )
             )
         excluded = {id(p) for u in self.updates for p in u.params}
         self.optimizer = _adam(_param_groups(self.step_fn, self.module, excluded))
@@ -318,10 +324,20 @@ class Trainer:
         except InputError as e:
             if "NaN or inf" not in str(e) or not batch.all_finite():
                 raise
-            bad = [f"weights:{g['name']}" for g in self.optimizer.param_groups if not all(bool(torch.isfinite(p).all()) for p in g["params"])]
+            bad = [
+                f"weights:{g['name']}" for g in self.optimizer.param_groups if not all(bool(torch.isfinite(p).all()) for p in g["params"])
+            ]
             raise NonFiniteLossError(step, self.last_terms, bad or [f"activations ({e})"]) from e
 
-    def _optimize(self, loss: Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, step: int, terms: dict[str, float], reduce: Sequence[nn.Parameter] = ()) -> None:
+    def _optimize(
+        self,
+        loss: Tensor,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        step: int,
+        terms: dict[str, float],
+        reduce: Sequence[nn.Parameter] = (),
+    ) -> None:
         scaler.scale(loss).backward()
         all_reduce_gradients(reduce, self.ctx.world_size)
         scaler.unscale_(optimizer)
@@ -388,7 +404,12 @@ class Trainer:
             "step": self.step,
             "config": self.config if self.config is not None else {},
             "training": {**self.settings.to_dict(), "world_size": self.ctx.world_size},
-            "data": {"epoch": self.epoch, "batch": self.batch, "batches_per_epoch": self.batches_per_epoch(), "dataset_size": len(self.dataset)},  # type: ignore[arg-type]
+            "data": {
+                "epoch": self.epoch,
+                "batch": self.batch,
+                "batches_per_epoch": self.batches_per_epoch(),
+                "dataset_size": len(self.dataset),
+            },  # type: ignore[arg-type]
             "rng": rngs,
             "elapsed": self.elapsed,
             "meta": self.meta,

@@ -203,9 +203,7 @@ class MaskedAutoregressive(Transform):
     ) -> None:
         super().__init__(features, context_features)
         if transform not in AUTOREGRESSIVE_TRANSFORMS:
-            raise ValueError(
-                f"unknown transform {transform!r}; choose one of {', '.join(map(repr, AUTOREGRESSIVE_TRANSFORMS))}"
-            )
+            raise ValueError(f"unknown transform {transform!r}; choose one of {', '.join(map(repr, AUTOREGRESSIVE_TRANSFORMS))}")
         if transform == "spline":
             check_spline_args(bins, bound)
         if not clamp_bound > 0:

@@ -116,8 +116,7 @@ def check_finite(owner: str, x: Tensor, context: Tensor | None, name: str = "x")
         return
     if not torch.isfinite(x).all():
         raise InputError(
-            f"{owner}: {name} contains NaN or inf; check the data or the upstream layer "
-            f"(a diverging loss often shows up here first)"
+            f"{owner}: {name} contains NaN or inf; check the data or the upstream layer (a diverging loss often shows up here first)"
         )
     if context is not None and not torch.isfinite(context).all():
         raise InputError(f"{owner}: context contains NaN or inf")
@@ -143,9 +142,7 @@ def check_repeats(owner: str, rows: int, context: Tensor | None, repeats: int) -
         )
 
 
-def apply_transform(
-    t: nn.Module, x: Tensor, context: Tensor | None, repeats: int = 1, inverse: bool = False
-) -> tuple[Tensor, Tensor]:
+def apply_transform(t: nn.Module, x: Tensor, context: Tensor | None, repeats: int = 1, inverse: bool = False) -> tuple[Tensor, Tensor]:
     r"""Calls ``t`` (or ``t.inverse``) on ``x`` with a context shared by ``repeats`` rows each.
 
     flowkit transforms get ``context_repeats``; any other transform (nflows, a user's module
@@ -214,8 +211,7 @@ class Transform(nn.Module):
             if context.dim() != 2 or context.shape != (rows, self.context_features):
                 per = f" (one row per {repeats} rows of {name})" if repeats > 1 else ""
                 raise InputError(
-                    f"{type(self).__name__}: expected context of shape ({rows}, {self.context_features}){per}, "
-                    f"got {tuple(context.shape)}"
+                    f"{type(self).__name__}: expected context of shape ({rows}, {self.context_features}){per}, got {tuple(context.shape)}"
                 )
         check_values(type(self).__name__, x, context, name, self)
 

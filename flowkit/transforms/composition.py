@@ -17,9 +17,7 @@ __all__ = ["Sequential", "Inverse"]
 
 def _check_transform(t: object) -> nn.Module:
     if not isinstance(t, nn.Module) or not callable(getattr(t, "inverse", None)):
-        raise TypeError(
-            f"expected a transform (an nn.Module called as t(x, context) with a .inverse method), got {type(t).__name__}"
-        )
+        raise TypeError(f"expected a transform (an nn.Module called as t(x, context) with a .inverse method), got {type(t).__name__}")
     return t
 
 
@@ -82,7 +80,7 @@ class Sequential(Transform):
 
     def _chain(self, x: Tensor, context: Tensor | None, repeats: int, inverse: bool) -> tuple[Tensor, Tensor]:
         total = x.new_zeros(x.shape[0])
-        for t in (reversed(self.transforms) if inverse else self.transforms):
+        for t in reversed(self.transforms) if inverse else self.transforms:
             x, ladj = apply_transform(t, x, context, repeats, inverse)
             total = total + ladj
         return x, total

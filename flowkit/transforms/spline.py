@@ -115,9 +115,7 @@ def spline_knots(raw: Tensor, bound: float) -> tuple[Tensor, Tensor, Tensor]:
     return x_knots, y_knots, torch.cat([one, inner, one], dim=-1)
 
 
-def rational_quadratic_spline(
-    x: Tensor, raw: Tensor, bound: float, inverse: bool = False
-) -> tuple[Tensor, Tensor]:
+def rational_quadratic_spline(x: Tensor, raw: Tensor, bound: float, inverse: bool = False) -> tuple[Tensor, Tensor]:
     r"""Applies the monotonic rational-quadratic spline (or its inverse) elementwise.
 
     Arguments:
@@ -223,9 +221,7 @@ class RationalQuadraticCoupling(_Coupling):
         flip_mask: bool = False,
     ) -> None:
         check_spline_args(bins, bound)
-        super().__init__(
-            features, context_features, hidden_features, num_layers, mask, flip_mask, spline_params_per_feature(bins)
-        )
+        super().__init__(features, context_features, hidden_features, num_layers, mask, flip_mask, spline_params_per_feature(bins))
         self.bins = bins
         self.bound = float(bound)
 

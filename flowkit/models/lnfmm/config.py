@@ -344,7 +344,17 @@ class LossConfig(_Group):
     _group: ClassVar[str] = "loss"
     _choices: ClassVar[dict[str, tuple[str, ...]]] = {"image_distance": ("l1", "mse")}
     _nonnegative: ClassVar[tuple[str, ...]] = (
-        "kl_t", "kl_v", "logdet", "rec_t", "rec_v", "align", "cross_t", "cross_v", "adv", "image_perceptual", "kl_free_nats",
+        "kl_t",
+        "kl_v",
+        "logdet",
+        "rec_t",
+        "rec_v",
+        "align",
+        "cross_t",
+        "cross_v",
+        "adv",
+        "image_perceptual",
+        "kl_free_nats",
     )
 
     kl_t: float = 1.0
@@ -551,10 +561,12 @@ def _migrate(d: Mapping[str, Any]) -> dict[str, Any]:
         elif key in top or key in FLAT_NAMES or key.partition(".")[0] in GROUPS:
             put(FLAT_NAMES.get(key, key), value, key)
         else:
-            raise ConfigError([
-                f"unknown LNFMMConfig key {key!r}; known: {sorted(top)}, the groups {sorted(GROUPS)} "
-                f"(or 'group.field'), and the flat names of FLAT_NAMES"
-            ])
+            raise ConfigError(
+                [
+                    f"unknown LNFMMConfig key {key!r}; known: {sorted(top)}, the groups {sorted(GROUPS)} "
+                    f"(or 'group.field'), and the flat names of FLAT_NAMES"
+                ]
+            )
     if isinstance(out.get("notes"), Mapping):
         out["notes"] = dict(out["notes"])
     return out
@@ -565,10 +577,12 @@ def _check_dropped(key: str, value: Any, d: Mapping[str, Any]) -> None:
         group = d.get("image_encoder")
         kind = group.get("kind") if isinstance(group, Mapping) else getattr(group, "kind", group)
         if kind != "features":
-            raise ConfigError([
-                f"image_size={value!r}: the option was removed; pixel images are always {IMAGE_SIZE}x{IMAGE_SIZE} (the pixel "
-                f"encoders and the SAGAN generator are built for them): resize the data to {IMAGE_SIZE} and drop image_size"
-            ])
+            raise ConfigError(
+                [
+                    f"image_size={value!r}: the option was removed; pixel images are always {IMAGE_SIZE}x{IMAGE_SIZE} (the pixel "
+                    f"encoders and the SAGAN generator are built for them): resize the data to {IMAGE_SIZE} and drop image_size"
+                ]
+            )
     if key == "vgg16_weights" and value is not None:
         warnings.warn(
             f"vgg16_weights={value!r} is ignored: the option was removed (a new 'vgg16' image encoder starts from "
@@ -894,14 +908,25 @@ class LNFMMConfig:
             image_specific_dim=8,
             text_specific_dim=8,
             image_encoder={
-                "kind": "conv", "hidden": 128, "conv_channels": 16, "init": "shapes-attributes", "freeze_trunk": True,
+                "kind": "conv",
+                "hidden": 128,
+                "conv_channels": 16,
+                "init": "shapes-attributes",
+                "freeze_trunk": True,
             },
             text_encoder={"embedding_dim": 32, "hidden": 64, "layers": 2},
             text_decoder={"hidden": 128, "embedding_dim": 32, "word_dropout": 0.75, "embedding_dropout": 0.1},
             image_decoder={"generator_channels": 8, "discriminator_channels": 8, "feature_hidden": 128},
             flows={"fs_layers": 4, "fs_hidden": 128, "fv_layers": 4, "fv_hidden": 64, "ft_layers": 4, "ft_hidden": 64},
             loss={
-                "kl_t": 1.0, "kl_v": 1.0, "logdet": 1.0, "rec_t": 0.0, "cross_t": 1.0, "rec_v": 0.05, "align": 1.0, "adv": 1.0,
+                "kl_t": 1.0,
+                "kl_v": 1.0,
+                "logdet": 1.0,
+                "rec_t": 0.0,
+                "cross_t": 1.0,
+                "rec_v": 0.05,
+                "align": 1.0,
+                "adv": 1.0,
             },
             optim={"image_encoder_lr": 2e-3, "lr": 2e-3},
             notes={"preset": "small"},

@@ -304,9 +304,7 @@ class Discriminator64(nn.Module):
     def __init__(self, cond_dim: int, channels: int = 32) -> None:
         super().__init__()
         c = channels
-        self.blocks = nn.Sequential(
-            _DBlock(3, c, preactivation=False), _DBlock(c, 2 * c), _DBlock(2 * c, 4 * c), _DBlock(4 * c, 8 * c)
-        )
+        self.blocks = nn.Sequential(_DBlock(3, c, preactivation=False), _DBlock(c, 2 * c), _DBlock(2 * c, 4 * c), _DBlock(4 * c, 8 * c))
         self.linear = spectral_norm(nn.Linear(8 * c, 1))
         self.embed = spectral_norm(nn.Linear(cond_dim, 8 * c))
 

@@ -92,10 +92,14 @@ class ConvEncoder(nn.Module):
         super().__init__()
         c = channels
         self.convs = nn.Sequential(
-            nn.Conv2d(3, c, 4, 2, 1), nn.LeakyReLU(0.2),  # 32x32
-            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.LeakyReLU(0.2),  # 16x16
-            nn.Conv2d(2 * c, 4 * c, 4, 2, 1), nn.LeakyReLU(0.2),  # 8x8
-            nn.Conv2d(4 * c, 8 * c, 4, 2, 1), nn.LeakyReLU(0.2),  # 4x4
+            nn.Conv2d(3, c, 4, 2, 1),
+            nn.LeakyReLU(0.2),  # 32x32
+            nn.Conv2d(c, 2 * c, 4, 2, 1),
+            nn.LeakyReLU(0.2),  # 16x16
+            nn.Conv2d(2 * c, 4 * c, 4, 2, 1),
+            nn.LeakyReLU(0.2),  # 8x8
+            nn.Conv2d(4 * c, 8 * c, 4, 2, 1),
+            nn.LeakyReLU(0.2),  # 4x4
         )
         self.body = nn.Sequential(nn.Linear(8 * c * 16, hidden), nn.LeakyReLU(0.2))
         self.head = _Head(hidden, code_dim, learned_variance)

@@ -84,6 +84,36 @@ class _Code:
     specific: Tensor
 
 
+def _image_encoder(cfg: LNFMMConfig) -> nn.Module:
+    r"""The image encoder of ``cfg.image_encoder.kind``, frozen as the config says."""
+    c, lv = cfg.image_encoder, cfg.posterior.learned_variance
+    if c.kind == "features":
+        encoder: nn.Module = FeatureEncoder(c.feature_dim, c.hidden, cfg.image_code_dim, lv)
+    elif c.kind == "conv":
+        encoder = ConvEncoder(c.conv_channels, c.hidden, cfg.image_code_dim, lv)
+    elif c.kind == "cells":
+        encoder = CellEncoder(c.hidden, cfg.image_code_dim, lv)
+    else:
+        encoder = VGG16Encoder(c.hidden, cfg.image_code_dim, lv)
+    if c.freeze:
+        # LNFMM (pre-trained): the image codes stay fixed, everything else adapts to them
+        encoder.requires_grad_(False)
+    if c.freeze_trunk:
+        # a pre-trained trunk keeps its features; the code head still adapts
+        encoder.freeze_trunk()
+    return encoder
+
+
+def _prior(cfg: LNFMMConfig, dim: int, layers: int, hidden: int, conv1x1: bool) -> nn.Module | None:
+    r"""The conditional prior of a ``dim``-d specific code given the shared code (None for 0)."""
+    if dim == 0:
+        return None
+    f = cfg.flows
+    if f.prior == "flow":
+        return build_prior_flow(dim, cfg.shared_dim, layers, hidden, conv1x1, f.clamp, f.base_std)
+    return ConditionalGaussian(dim, cfg.shared_dim, hidden, f.base_std)
+
+
 class LNFMM(nn.Module):
     r"""The LNFMM model for image captioning and text-to-image synthesis.
 
@@ -120,20 +150,7 @@ class LNFMM(nn.Module):
         lv = cfg.posterior.learned_variance
 
         # -- encoders --------------------------------------------------------------------------
-        if cfg.image_encoder.kind == "features":
-            self.image_encoder: nn.Module = FeatureEncoder(cfg.image_encoder.feature_dim, cfg.image_encoder.hidden, cfg.image_code_dim, lv)
-        elif cfg.image_encoder.kind == "conv":
-            self.image_encoder = ConvEncoder(cfg.image_encoder.conv_channels, cfg.image_encoder.hidden, cfg.image_code_dim, lv)
-        elif cfg.image_encoder.kind == "cells":
-            self.image_encoder = CellEncoder(cfg.image_encoder.hidden, cfg.image_code_dim, lv)
-        else:
-            self.image_encoder = VGG16Encoder(cfg.image_encoder.hidden, cfg.image_code_dim, lv)
-        if cfg.image_encoder.freeze:
-            # LNFMM (pre-trained): the image codes stay fixed, everything else adapts to them
-            self.image_encoder.requires_grad_(False)
-        if cfg.image_encoder.freeze_trunk:
-            # a pre-trained trunk keeps its features; the code head still adapts
-            self.image_encoder.freeze_trunk()
+        self.image_encoder: nn.Module = _image_encoder(cfg)
         # image_encoder.init is applied by flowkit.training (initialize_image_encoder) or comes
         # with loaded weights; training without it (a frozen random trunk) gets a warning
         self.image_trunk_initialized = cfg.image_encoder.init == "random"
@@ -143,8 +160,12 @@ class LNFMM(nn.Module):
 
         # -- decoders --------------------------------------------------------------------------
         self.text_decoder = TextDecoder(
-            cfg.vocab_size, cfg.text_code_dim, cfg.text_decoder.embedding_dim, cfg.text_decoder.hidden,
-            cfg.text_decoder.word_dropout, cfg.text_decoder.embedding_dropout,
+            cfg.vocab_size,
+            cfg.text_code_dim,
+            cfg.text_decoder.embedding_dim,
+            cfg.text_decoder.hidden,
+            cfg.text_decoder.word_dropout,
+            cfg.text_decoder.embedding_dropout,
         )
         if cfg.pixels:
             self.image_decoder: nn.Module = Generator64(cfg.image_code_dim, S, cfg.image_decoder.generator_channels)
@@ -153,24 +174,13 @@ class LNFMM(nn.Module):
         self.discriminator = Discriminator64(S, cfg.image_decoder.discriminator_channels) if cfg.image_decoder.gan else None
 
         # -- flows -----------------------------------------------------------------------------
-        self.f_s = build_fs(S, cfg.flows.fs_layers, cfg.flows.fs_hidden, cfg.flows.fs_coupling, cfg.flows.clamp) if cfg.flows.alignment == "flow" else None
-        self.f_t: nn.Module | None
-        if cfg.flows.prior == "flow":
-            self.f_t = (
-                build_prior_flow(cfg.text_specific_dim, S, cfg.flows.ft_layers, cfg.flows.ft_hidden, cfg.flows.ft_conv1x1, cfg.flows.clamp, cfg.flows.base_std)
-                if cfg.text_specific_dim > 0
-                else None
-            )
-            self.f_v: nn.Module | None = (
-                build_prior_flow(cfg.image_specific_dim, S, cfg.flows.fv_layers, cfg.flows.fv_hidden, False, cfg.flows.clamp, cfg.flows.base_std)
-                if cfg.image_specific_dim > 0
-                else None
-            )
-        else:
-            self.f_t = ConditionalGaussian(cfg.text_specific_dim, S, cfg.flows.ft_hidden, cfg.flows.base_std) if cfg.text_specific_dim > 0 else None
-            self.f_v = (
-                ConditionalGaussian(cfg.image_specific_dim, S, cfg.flows.fv_hidden, cfg.flows.base_std) if cfg.image_specific_dim > 0 else None
-            )
+        self.f_s = (
+            build_fs(S, cfg.flows.fs_layers, cfg.flows.fs_hidden, cfg.flows.fs_coupling, cfg.flows.clamp)
+            if cfg.flows.alignment == "flow"
+            else None
+        )
+        self.f_t = _prior(cfg, cfg.text_specific_dim, cfg.flows.ft_layers, cfg.flows.ft_hidden, cfg.flows.ft_conv1x1)
+        self.f_v = _prior(cfg, cfg.image_specific_dim, cfg.flows.fv_layers, cfg.flows.fv_hidden, False)
 
         # -- shared-code normalization: the codes cannot shrink below the fixed noise ---------------
         # (batch statistics in training, running ones in eval; no affine part, so no scale to lose)

@@ -23,7 +23,15 @@ from typing import Any
 
 from flowkit.models.lnfmm.config import LNFMMConfig
 
-__all__ = ["Recipe", "captioning_recipe", "captioner_baseline", "cvae_baseline", "text_to_image_recipe", "text_to_image_baseline", "RECIPES"]
+__all__ = [
+    "Recipe",
+    "captioning_recipe",
+    "captioner_baseline",
+    "cvae_baseline",
+    "text_to_image_recipe",
+    "text_to_image_baseline",
+    "RECIPES",
+]
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,9 @@ def captioning_recipe(**overrides: Any) -> Recipe:
         ('features', 'batch')
     """
     # cosine decay: accuracy at temperature 1 0.685 -> 0.741 at 4,000 steps (docs/lnfmm.md, l1/l2)
-    return Recipe("captioning", LNFMMConfig.captioning(**overrides), steps=4000, batch_size=32, image_input="features", lr_schedule="cosine")
+    return Recipe(
+        "captioning", LNFMMConfig.captioning(**overrides), steps=4000, batch_size=32, image_input="features", lr_schedule="cosine"
+    )
 
 
 def captioner_baseline(**overrides: Any) -> Recipe:
@@ -82,7 +92,9 @@ def captioner_baseline(**overrides: Any) -> Recipe:
         0
     """
     zero = dict(lambda_kl_t=0.0, lambda_kl_v=0.0, lambda_logdet=0.0, lambda_align=0.0, lambda_rec_t=0.0, lambda_rec_v=0.0)
-    base: dict[str, Any] = dict(text_specific_dim=0, lambda_cross_t=1.0, image_encoder_lr=2e-3, notes={"preset": "captioner baseline"}, **zero)
+    base: dict[str, Any] = dict(
+        text_specific_dim=0, lambda_cross_t=1.0, image_encoder_lr=2e-3, notes={"preset": "captioner baseline"}, **zero
+    )
     base.update(overrides)
     return dataclasses.replace(captioning_recipe(**base), name="captioner")
 
@@ -114,7 +126,9 @@ def text_to_image_recipe(**overrides: Any) -> Recipe:
         >>> r.config.image_encoder.kind, r.image_input
         ('cells', 'pixels')
     """
-    return Recipe("text_to_image", LNFMMConfig.text_to_image(**overrides), steps=1500, batch_size=32, image_input="pixels", lr_schedule="cosine")
+    return Recipe(
+        "text_to_image", LNFMMConfig.text_to_image(**overrides), steps=1500, batch_size=32, image_input="pixels", lr_schedule="cosine"
+    )
 
 
 def text_to_image_baseline(**overrides: Any) -> Recipe:

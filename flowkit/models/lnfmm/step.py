@@ -118,9 +118,7 @@ def adapt_config(config: Any, data: Any) -> Any:
         # the conv trunk's pre-training (small()) has no place in a features encoder
         changes["image_encoder"] = {"kind": "features", "feature_dim": int(shape[-1]), "init": "random", "freeze_trunk": False}
         if config.image_decoder.gan:
-            raise ValueError(
-                "image_decoder.gan=True needs pixel images, but the data holds image features: pass gan=False or pixel data"
-            )
+            raise ValueError("image_decoder.gan=True needs pixel images, but the data holds image features: pass gan=False or pixel data")
         if config.loss.image_perceptual > 0:
             raise ValueError(
                 f"loss.image_perceptual={config.loss.image_perceptual} (the text-to-image recipe) compares generated images "
