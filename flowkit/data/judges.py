@@ -81,6 +81,7 @@ def caption_accuracy(captions_by_image: Mapping[int, Sequence[str]], scenes: Map
         scenes: ``{image_id: Scene}`` holding at least those ids.
 
     Example:
+        >>> from flowkit.data.grammar import SceneObject
         >>> s = Scene((SceneObject("circle", "red", "small", 0, 0),))
         >>> caption_accuracy({1: ["a red circle", "a blue circle"]}, {1: s})
         0.5
@@ -117,6 +118,7 @@ def caption_coverage(
         mode: ``"meaning"`` or ``"exact"``.
 
     Example:
+        >>> from flowkit.data.grammar import SceneObject
         >>> s = Scene((SceneObject("circle", "red", "small", 0, 0),))
         >>> n = len(all_true_constraints(s))
         >>> caption_coverage({1: ["a red circle", "there is a red circle"]}, {1: s}) * n
@@ -163,6 +165,7 @@ def image_caption_accuracy(images: Tensor, captions: str | Sequence[str], classi
 
     Example:
         >>> import torch
+        >>> from flowkit.data.grammar import SceneObject
         >>> class Reader:  # a stand-in for the classifier: every image shows a small red circle
         ...     def read_scenes(self, images):
         ...         return [Scene((SceneObject("circle", "red", "small", 0, 0),))] * len(images)
@@ -212,6 +215,7 @@ def free_attribute_spread(
 
     Example:
         >>> import torch
+        >>> from flowkit.data.grammar import SceneObject
         >>> class Reader:  # a stand-in for the classifier: image i shows a red circle in cell i
         ...     def read_scenes(self, images):
         ...         return [Scene((SceneObject("circle", "red", "small", i // 3, i % 3),)) for i in range(len(images))]
