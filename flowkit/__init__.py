@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from flowkit import transforms
 from flowkit.builders import glow, maf, nsf, realnvp
 from flowkit.distributions import BaseDistribution, DiagonalNormal, Flow, GaussianMixture, StandardNormal
 from flowkit.transforms import (
@@ -31,22 +32,7 @@ from flowkit.transforms import (
 
 __all__ = [
     "__version__",
-    "InputError",
-    "Transform",
-    "AffineCoupling",
-    "AdditiveCoupling",
-    "RationalQuadraticCoupling",
-    "MaskedAutoregressive",
-    "ActNorm",
-    "ConditionalActNorm",
-    "ElementwiseScale",
-    "Invertible1x1",
-    "Permutation",
-    "Reverse",
-    "Switch",
-    "Sequential",
-    "Inverse",
-    "data_init",
+    *transforms.__all__,
     "StandardNormal",
     "DiagonalNormal",
     "GaussianMixture",

@@ -189,10 +189,7 @@ _VALUES = {"shape": len(SHAPES), "color": len(COLORS), "size": len(SIZES), "posi
 
 
 def free_attribute_spread(
-    images: Tensor,
-    caption: str,
-    classifier: SceneReader | None = None,
-    measure: str = "entropy",
+    images: Tensor, caption: str, classifier: SceneReader | None = None, measure: str = "entropy"
 ) -> dict[str, float]:
     r"""How varied the attributes that ``caption`` leaves free are across images of it.
 
