@@ -859,6 +859,7 @@ class LNFMMConfig:
         base = dict(
             image_encoder={"kind": "cells", "init": "shapes-trunk", "freeze_trunk": True},
             posterior={"shared_norm": "batch-all", "image_noise_std": 1.0},
+            flows={"fv_layers": 8, "fv_hidden": 128},
             optim={"image_encoder_lr": 1e-4},
             image_specific_dim=16,
             loss={"rec_v": 0.0, "cross_v": 0.05, "image_perceptual": 1.0},
