@@ -194,39 +194,40 @@ def _legacy_decode(decoder, latent, max_len: int, method: str, beam_width: int =
     return seqs[:, 0]
 
 
-def _sampling_case(threads: int, images_per_call: int, num_samples: int, repeats: int, end_bias: float, legacy: bool, queue) -> None:
-    r"""Paper-config caption sampling: images/s and the useful-work rate against plain matmuls.
+def _paper_sampler(model, images, num_samples: int):
+    r"""The latents of ``sample_captions`` for ``images`` (drawn once) and the useful FLOPs of
+    one decoded row-step: the gate matmul over [hidden, word embedding] plus the output layer,
+    ``2 * 4H * (E + H) + 2 * V * H``."""
+    import torch
+    from einops import rearrange, repeat
 
-    Useful work per decoded row-step = the gate matmul over [hidden, word embedding] plus the
-    output layer: 2 * 4H * (E + H) + 2 * V * H FLOPs. The rows counted are those the fast
-    decoder computes (a greedy row runs until its end; a beam until it finishes or its
-    sequence is done), so both decoders are credited with the same work. The reference rate
-    is that of ``torch.addmm`` of the same shapes at the call's full batch, timed in the same
-    process between the sampling repeats.
+    cfg = model.config
+    with torch.no_grad():
+        shared = model.encode_images(images)["shared_text"]
+        spec = model.f_t.sample(num_samples, context=shared)
+        lat = rearrange(torch.cat([repeat(shared, "b d -> b s d", s=num_samples), spec], dim=-1), "b s d -> (b s) d")
+    E, H, V = cfg.text_decoder.embedding_dim, cfg.text_decoder.hidden, cfg.vocab_size
+    return lat, 2 * 4 * H * (E + H) + 2 * V * H
+
+
+def _measure_sampling(model, images, num_samples: int, repeats: int, legacy: bool) -> list[dict]:
+    r"""Greedy and beam-2 decoding of ``images`` x ``num_samples`` latents: time, useful-work
+    rate and its ratio to plain matmuls of the decoder's shapes at the call's full batch.
+
+    The rows counted are those the fast decoder computes (a greedy row runs until its end; a
+    beam until it finishes or its sequence is done), so both decoders are credited with the
+    same work. The reference is ``torch.mm`` of the same shapes (no bias, preallocated
+    outputs), timed in the same process between the repeats.
     """
     import torch
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    from einops import rearrange, repeat
-
-    from flowkit.models import LNFMM, LNFMMConfig
-    from flowkit.models.lnfmm.decoders import END, PAD
+    from flowkit.models.lnfmm.decoders import PAD, DecodingStepper
     from flowkit.models.lnfmm.sampling import beam_search, greedy_decode
 
-    cfg = LNFMMConfig.paper(vocab_size=10324, max_caption_len=20)
-    model = LNFMM(cfg).eval()
-    dec = model.text_decoder
-    if end_bias:
-        with torch.no_grad():
-            dec.out.bias[END] += end_bias  # a stand-in for a trained model's caption lengths
-    images = torch.randn(images_per_call, cfg.image_encoder.feature_dim, generator=torch.Generator().manual_seed(0))
+    cfg, dec = model.config, model.text_decoder
+    lat, flops_row = _paper_sampler(model, images, num_samples)
     E, H, V, L = cfg.text_decoder.embedding_dim, cfg.text_decoder.hidden, cfg.vocab_size, cfg.max_caption_len
-    flops_row = 2 * 4 * H * (E + H) + 2 * V * H
-    n_rows = images_per_call * num_samples
-
-    from flowkit.models.lnfmm.decoders import DecodingStepper
-
+    n_rows = lat.shape[0]
     counted = {"rows": 0}
     fast_step = DecodingStepper.__call__
 
@@ -234,16 +235,6 @@ def _sampling_case(threads: int, images_per_call: int, num_samples: int, repeats
         counted["rows"] += tokens.shape[0]
         return fast_step(self, tokens, *a)
 
-    @torch.no_grad()
-    def latents():
-        shared = model.encode_images(images)["shared_text"]
-        spec = model.f_t.sample(num_samples, context=shared)
-        lat = torch.cat([repeat(shared, "b d -> b s d", s=num_samples), spec], dim=-1)
-        return rearrange(lat, "b s d -> (b s) d")
-
-    lat = latents()
-    # the reference: plain matmuls (no bias) of the decoder's two shapes into preallocated
-    # outputs, the fastest way this machine runs them
     x_g, w_g, o_g = torch.randn(n_rows, E + H), torch.randn(4 * H, E + H), torch.empty(n_rows, 4 * H)
     h_o, w_o, o_o = torch.randn(n_rows, H), torch.randn(V, H), torch.empty(n_rows, V)
 
@@ -254,35 +245,31 @@ def _sampling_case(threads: int, images_per_call: int, num_samples: int, repeats
             torch.mm(h_o, w_o.t(), out=o_o)
         return 3 * n_rows * flops_row / (time.perf_counter() - t)
 
+    def decode(method: str):
+        return greedy_decode(dec, lat, L) if method == "greedy" else beam_search(dec, lat, L, 2)
+
     rows = []
     for method in ("greedy", "beam"):
-        # useful work: the rows the fast decoder computes for these latents
         DecodingStepper.__call__ = counting_step
-        ids = greedy_decode(dec, lat, L) if method == "greedy" else beam_search(dec, lat, L, 2)
+        ids = decode(method)
         DecodingStepper.__call__ = fast_step
-        useful = counted["rows"] * flops_row
-        counted["rows"] = 0
+        useful, counted["rows"] = counted["rows"] * flops_row, 0
         mean_len = float((ids != PAD).sum(1).float().mean()) - 1  # tokens after start
-        variants = [("fast", None)] + ([("before", "legacy")] if legacy else [])
-        for name, _ in variants:
+        for name in ["fast"] + (["before"] if legacy else []):
             dec_t, total_t, rates = [], [], []
             for _ in range(repeats):
                 rates.append(matmul_rate())
                 t = time.perf_counter()
-                if name == "fast":
-                    greedy_decode(dec, lat, L) if method == "greedy" else beam_search(dec, lat, L, 2)
-                else:
-                    _legacy_decode(dec, lat, L, method)
+                decode(method) if name == "fast" else _legacy_decode(dec, lat, L, method)
                 dec_t.append(time.perf_counter() - t)
                 if name == "fast":
                     t = time.perf_counter()
                     model.sample_captions(images, num_samples, method=method)
                     total_t.append(time.perf_counter() - t)
-            rate = statistics.median(rates)
-            d = statistics.median(dec_t)
+            rate, d = statistics.median(rates), statistics.median(dec_t)
             row = {
                 "case": f"{method}, {name}",
-                "images": images_per_call,
+                "images": len(images),
                 "samples": num_samples,
                 "mean_tokens": mean_len,
                 "decode_s": d,
@@ -292,9 +279,94 @@ def _sampling_case(threads: int, images_per_call: int, num_samples: int, repeats
             }
             if total_t:
                 tot = statistics.median(total_t)
-                row.update(total_s=tot, images_per_s=images_per_call / tot, ratio_total=useful / tot / rate)
+                row.update(total_s=tot, images_per_s=len(images) / tot, ratio_total=useful / tot / rate)
             rows.append(row)
             print(f"done: sampling {row['case']}", file=sys.stderr, flush=True)
+    return rows
+
+
+def _sampling_case(threads: int, images_per_call: int, num_samples: int, repeats: int, end_bias: float, legacy: bool, queue) -> None:
+    r"""Paper-config caption sampling of an untrained model: see :func:`_measure_sampling`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    from flowkit.models import LNFMM, LNFMMConfig
+    from flowkit.models.lnfmm.decoders import END
+
+    cfg = LNFMMConfig.paper(vocab_size=10324, max_caption_len=20)
+    model = LNFMM(cfg).eval()
+    if end_bias:
+        with torch.no_grad():
+            model.text_decoder.out.bias[END] += end_bias  # a stand-in for a trained model's caption lengths
+    images = torch.randn(images_per_call, cfg.image_encoder.feature_dim, generator=torch.Generator().manual_seed(0))
+    queue.put(_measure_sampling(model, images, num_samples, repeats, legacy))
+
+
+TRAINED_VOCAB = 10324  # the paper's COCO vocabulary: the shapes words are its first ids
+
+
+def _trained_paper_model(steps: int, test_images: int):
+    r"""``LNFMMConfig.paper()`` (vocabulary 10,324, captions of 20) trained for ``steps`` on the
+    embedded data's shapes-trunk features, the main job's route; the run folder is cached
+    (``$FLOWKIT_CACHE/bench``), so a second call only loads it. Returns ``(model, data)``."""
+    from flowkit.data import load_caption_data
+    from flowkit.data.features import extract_features, shapes_trunk_features
+    from flowkit.data.shapes import DEFAULT_SIZES, export_coco, shapes_export_root
+    from flowkit.evaluation import load_model
+    from flowkit.io import cache_dir
+    from flowkit.models import LNFMM, LNFMMConfig
+    from flowkit.models.lnfmm import LNFMMStep, adapt_config
+    from flowkit.training import Trainer, TrainSettings, seed_everything
+
+    sizes = {**DEFAULT_SIZES, "test": test_images}
+    root = export_coco(shapes_export_root(sizes, 0), sizes=sizes, seed=0)
+    features = extract_features(root, shapes_trunk_features(), name="shapes_trunk")
+    data = load_caption_data("coco", root=root, features=features, split_scheme="coco", progress=False)
+    run = cache_dir() / "bench" / f"paper_trained_{steps}"
+    if (run / "checkpoint.pt").exists():
+        model, state = load_model(run)
+        if int(state["step"]) >= steps:
+            return model, data
+    # the data's words keep their ids; the other ids up to 10,324 are never seen in training
+    config = adapt_config(LNFMMConfig.paper(), data).replace(vocab_size=TRAINED_VOCAB, max_caption_len=20)
+    seed_everything(0)
+    settings = TrainSettings(steps=steps, batch_size=32, seed=0, checkpoint_every=50, device="cpu", progress=True)
+    trainer = Trainer(LNFMM(config), data.train, settings, step=LNFMMStep(), out=run, config=config, vocab=data.vocab.to_dict())
+    trainer.run(run if (run / "checkpoint.pt").exists() else None)
+    return trainer.module.eval(), data
+
+
+def _trained_sampling_case(threads: int, steps: int, test_images: int, images_per_call: int, num_samples: int, repeats: int, queue) -> None:
+    r"""A trained paper-config model: the ratio of :func:`_measure_sampling` on its first test
+    images, then images/s of ``sample_captions`` over ``test_images`` x ``num_samples``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    from flowkit.models.lnfmm.decoders import PAD
+
+    model, data = _trained_paper_model(steps, test_images)
+    images = torch.stack([data.test[i]["image"] for i in range(len(data.test))])
+    rows = _measure_sampling(model, images[:images_per_call], num_samples, repeats, legacy=False)
+    for method in ("greedy", "beam"):
+        t, tokens = time.perf_counter(), 0.0
+        with torch.no_grad():
+            for b in range(0, len(images), images_per_call):
+                ids = model.sample_captions(images[b : b + images_per_call], num_samples, method=method)
+                tokens += float((ids != PAD).sum() - ids.shape[0] * ids.shape[1])  # tokens after start
+        seconds = time.perf_counter() - t
+        rows.append(
+            {
+                "case": f"{method}, {len(images)} x {num_samples}",
+                "images": len(images),
+                "samples": num_samples,
+                "mean_tokens": tokens / (len(images) * num_samples),
+                "total_s": seconds,
+                "images_per_s": len(images) / seconds,
+            }
+        )
+        print(f"done: {rows[-1]['case']} in {seconds:.0f}s", file=sys.stderr, flush=True)
     queue.put(rows)
 
 
@@ -472,6 +544,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--batch-profile", type=int, default=32)
     parser.add_argument("--no-legacy", action="store_true", help="skip the before-issue-13 decoder")
+    parser.add_argument(
+        "--trained-steps",
+        type=int,
+        default=0,
+        help="with --sampling: a paper-config model trained this many steps on the embedded features (cached) instead of an untrained one",
+    )
+    parser.add_argument("--test-images", type=int, default=1000, help="with --trained-steps: test images sampled for images/s")
     args = parser.parse_args(argv)
 
     import torch
@@ -508,16 +587,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def _sampling_main(args) -> list[dict]:
     import torch
 
-    rows = _run(
-        _sampling_case, args.threads, args.sampling_images, args.num_samples, args.sampling_repeats, args.end_bias, not args.no_legacy
-    )
+    if args.trained_steps:
+        rows = _run(
+            _trained_sampling_case, args.threads, args.trained_steps, args.test_images, args.sampling_images, args.num_samples,
+            args.sampling_repeats,
+        )  # fmt: skip
+        what = f"trained {args.trained_steps} steps on the embedded features"
+    else:
+        rows = _run(
+            _sampling_case, args.threads, args.sampling_images, args.num_samples, args.sampling_repeats, args.end_bias, not args.no_legacy
+        )
+        what = f"untrained, end bias {args.end_bias}"
     print(
         f"\nMachine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
         f"python {platform.python_version()}"
     )
     print(
-        f"LNFMMConfig.paper(vocab_size=10324, max_caption_len=20), untrained, {args.sampling_images} images x "
-        f"{args.num_samples} samples per call, end bias {args.end_bias}\n"
+        f"LNFMMConfig.paper(vocab_size=10324, max_caption_len=20), {what}, {args.sampling_images} images x "
+        f"{args.num_samples} samples per call\n"
     )
     print(
         "| decoder | tokens/caption | decode (s) | useful GFLOP/s | matmul GFLOP/s | ratio (decode) | "
@@ -525,11 +612,12 @@ def _sampling_main(args) -> list[dict]:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        tot = f"{r['total_s']:.2f} | {r['ratio_total']:.2f} | {r['images_per_s']:.2f}" if "total_s" in r else "- | - | -"
-        print(
-            f"| {r['case']} | {r['mean_tokens']:.1f} | {r['decode_s']:.2f} | {r['useful_gflops']:.1f} | "
-            f"{r['matmul_gflops']:.1f} | {r['ratio']:.2f} | {tot} |"
-        )
+        tot = f"{r['total_s']:.2f} | {r.get('ratio_total', float('nan')):.2f} | {r['images_per_s']:.2f}" if "total_s" in r else "- | - | -"
+        if "decode_s" in r:
+            rate = f"{r['decode_s']:.2f} | {r['useful_gflops']:.1f} | {r['matmul_gflops']:.1f} | {r['ratio']:.2f}"
+        else:
+            rate = "- | - | - | -"
+        print(f"| {r['case']} | {r['mean_tokens']:.1f} | {rate} | {tot} |")
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2))
     return rows

@@ -263,7 +263,8 @@ def train_frontier(args: argparse.Namespace, progress: bool) -> dict[str, list[l
     curves: dict[str, list[list[FrontierPoint]]] = {}
     for name in args.models:
         recipe = RECIPES["captioning" if name == "lnfmm" else name]()
-        settings_list = captioner_settings() if name == "captioner" else lnfmm_settings()
+        # latent models decode each latent as their recipe says (captioning: beams of 5)
+        settings_list = captioner_settings() if name == "captioner" else lnfmm_settings(**recipe.decoding)
         curves[name] = []
         for seed in args.seeds:
             t0 = time.perf_counter()

@@ -102,6 +102,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="pairs per step (default: the recipe's; 128 on COCO)")
     p.add_argument("--out", default="runs/coco_caption", help="output folder: the run (checkpoint) in OUT/run, the report in OUT/report")
     p.add_argument("--num-samples", type=int, default=100, help="captions sampled per test image (the paper's protocol: 100)")
+    p.add_argument(
+        "--method",
+        choices=["greedy", "beam"],
+        default=None,
+        help="decoding of each sampled latent (default: the captioning recipe's beam search; greedy with --pixels or --coco-root)",
+    )
+    p.add_argument("--beam-width", type=int, default=None, help="beam width of --method beam (default: the recipe's 5; else 2)")
     p.add_argument("--test-images", type=int, default=100, help="test images evaluated (the first N of the test split)")
     p.add_argument(
         "--train-images", type=int, default=DEFAULT_SIZES["train"], help="training images of the embedded data (5 captions each)"
@@ -119,6 +126,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="a ~30 second smoke run: 120 training images, 30 steps, 4 test images x 10 samples")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p.parse_args(argv)
+
+
+def _decoding(args: argparse.Namespace, default: dict[str, Any]) -> dict[str, Any]:
+    r"""How each sampled latent is decoded: the route's default, changed by --method / --beam-width."""
+    out = {"method": args.method or default["method"]}
+    if out["method"] == "beam":
+        out["beam_width"] = args.beam_width or default.get("beam_width", 2)
+    return out
 
 
 def export_shapes(args: argparse.Namespace, sizes: dict[str, int]) -> Path:
@@ -146,6 +161,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
             meta=meta,
             validate_every=0,
             lr_schedule="constant",
+            decoding=_decoding(args, {"method": "greedy"}),
         )
     sizes = dict(TINY["sizes"]) if args.tiny else {**DEFAULT_SIZES, "train": args.train_images}
     t0 = time.perf_counter()
@@ -158,6 +174,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         data = load_caption_data("coco", root=root, split_scheme="coco", progress=progress)
         meta = {"data": "coco", "coco_root": str(root), "features": None, "split_scheme": "coco"}
         steps, batch_size, every, preset, schedule = 1500, 32, 500, "small", "constant"
+        decoding = {"method": "greedy"}
     else:
         t0 = time.perf_counter()
         trunk = shapes_trunk_features(train_size=TINY["trunk_images"] if args.tiny else 3000, progress=progress)
@@ -167,7 +184,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         recipe = captioning_recipe()
         meta = {"data": "coco", "coco_root": str(root), "features": str(features), "split_scheme": "coco"}
         config, steps, batch_size, every, preset = recipe.config, recipe.steps, recipe.batch_size, recipe.validate_every, "captioning"
-        schedule = recipe.lr_schedule
+        schedule, decoding = recipe.lr_schedule, recipe.decoding
     if args.tiny:
         steps, batch_size, every = TINY["steps"], TINY["batch_size"], 10
     return dict(
@@ -181,6 +198,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         meta=meta,
         validate_every=every,
         lr_schedule=schedule,
+        decoding=_decoding(args, decoding),
     )
 
 
@@ -245,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     num_samples = TINY["num_samples"] if args.tiny and args.num_samples == 100 else args.num_samples
     test_images = TINY["test_images"] if args.tiny and args.test_images == 100 else args.test_images
     t0 = time.perf_counter()
+    decoding = run["decoding"]
     results = evaluate_captioning(
-        model, data, "test", num_samples=num_samples, limit=test_images, scenes=scenes, seed=args.seed, progress=progress
+        model, data, "test", num_samples=num_samples, limit=test_images, scenes=scenes, seed=args.seed, progress=progress, **decoding
     )
     eval_s = time.perf_counter() - t0
     if data.image_kind == "features" and scenes is not None:  # the caption sheet shows the export's PNGs
@@ -271,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
             line = ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in table.items())
             print(f"[probe] {name}: linear-probe test accuracy {line}")
         if not args.no_frontier:
-            points = caption_frontier(model, data, lnfmm_settings(), scenes, num_samples=num_samples, limit=test_images, seed=args.seed)
+            points = caption_frontier(
+                model, data, lnfmm_settings(**decoding), scenes, num_samples=num_samples, limit=test_images, seed=args.seed
+            )
             extra["frontier"] = [p.to_json() for p in points]
             ref = results.get("ground_truth", {}).get("reference_coverage")
             png = plot_frontier(
@@ -297,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         else f"embedded shapes data exported to COCO format at {run['root']}, loaded with pycocotools",
         "model": model_name,
         "training": f"{steps} steps, batch {batch_size}, {run['lr_schedule']} learning rate, seed {args.seed}, {train_s:.0f}s",
-        "evaluation": f"{results['num_images']} test images x {num_samples} samples, {eval_s:.0f}s",
+        "evaluation": f"{results['num_images']} test images x {num_samples} samples, "
+        + ("beam-{beam_width}".format(**decoding) if decoding["method"] == "beam" else decoding["method"])
+        + f" decoding of each latent, {eval_s:.0f}s",
         "checkpoint": str(run_dir),
         "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s), flowkit {flowkit.__version__}",
         "wall time": f"{total_s:.0f}s",

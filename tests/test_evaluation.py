@@ -28,6 +28,7 @@ from flowkit.evaluation import (
     diversity_table,
     evaluate_captioning,
     evaluate_text_to_image,
+    format_captioning_table,
     generate_captions,
     ground_truth_table,
     image_diversity_table,
@@ -41,6 +42,7 @@ from flowkit.evaluation import (
     scenes_from_export,
     write_report,
 )
+from flowkit.evaluation.frontier import caption_frontier, lnfmm_settings
 from flowkit.evaluation.text_to_image import _ivom, encode_captions_text
 from flowkit.models import LNFMM, LNFMMConfig
 from flowkit.training import TrainSettings, adapt_config, train
@@ -97,6 +99,24 @@ def test_evaluate_captioning_with_known_candidates(run, data):
     assert gt["coverage"] == pytest.approx(gt["reference_coverage"]) and gt["coverage"] > 0
     assert res["oracle"]["Bleu_4"] == pytest.approx(1.0, abs=1e-6)
     assert res["num_samples"] == 6 and res["num_images"] == len(refs)
+
+
+def test_evaluate_captioning_decodes_each_latent_as_asked(run, data):
+    r"""A recipe's beam decoding reaches the sampler and the record: the samples are those of
+    generate_captions with the same beams (not greedy ones), and results and report say so."""
+    model, _ = run
+    how = {"method": "beam", "beam_width": 3}
+    res = evaluate_captioning(model, data, num_samples=4, limit=2, k=3, m=4, progress=False, seed=1, figure_images=0, **how)
+    beams = generate_captions(model, data.test, data.vocab, num_samples=4, limit=2, progress=False, seed=1, **how)
+    assert res.samples.candidates == beams
+    assert beams != generate_captions(model, data.test, data.vocab, num_samples=4, limit=2, progress=False, seed=1)  # not greedy
+    payload = res.to_json()
+    assert (payload["method"], payload["beam_width"]) == ("beam", 3)
+    assert "beam-3 decoding" in format_captioning_table(payload)
+    greedy = evaluate_captioning(model, data, num_samples=4, limit=2, k=3, m=4, progress=False, seed=1, figure_images=0)
+    assert "beam_width" not in greedy.to_json() and "greedy decoding" in format_captioning_table(greedy.to_json())
+    points = caption_frontier(model, data, lnfmm_settings([1.0], **how), num_samples=4, limit=2, seed=1)
+    assert points[0].accuracy == pytest.approx(res["ground_truth"]["accuracy"])
 
 
 @pytest.fixture(scope="module")

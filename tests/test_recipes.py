@@ -52,6 +52,10 @@ def test_recipes_are_one_model_class_with_documented_choices():
     }
     assert set(RECIPES) == {"captioning", "captioner", "cvae", "text_to_image", "text_to_image_deterministic"}
     assert captioning_recipe(word_dropout=0.1).config.text_decoder.word_dropout == 0.1
+    # each latent is decoded by beams of 5 (chosen on validation), the CVAE's as LNFMM's; the
+    # captioner has no latent, so its samples draw words
+    assert cap.decoding == cvae_baseline().decoding == {"method": "beam", "beam_width": 5}
+    assert captioner_baseline().decoding["method"] == "sample" and t2i.decoding == {"method": "greedy"}
 
 
 def _colour_statistics(images: torch.Tensor) -> torch.Tensor:

@@ -254,6 +254,7 @@ class CaptionSamples:
         method: The decoding method.
         pixels: ``image_id -> (3, H, W)`` image in [0, 1], for the report's figure; None where the
             data holds features (set it to draw the figure from another source).
+        beam_width: The beam width of ``method="beam"``.
 
     Example:
         >>> s = CaptionSamples("test", {7: ["a red circle", "a star"]}, {7: ["a red circle"]}, 2)
@@ -268,6 +269,7 @@ class CaptionSamples:
     temperature: float = 1.0
     method: str = "greedy"
     pixels: Callable[[int], Tensor] | None = None
+    beam_width: int = 2
 
     @property
     def image_ids(self) -> list[int]:
@@ -283,6 +285,7 @@ def caption_samples(
     num_samples: int | None = None,
     temperature: float = 1.0,
     method: str = "greedy",
+    beam_width: int = 2,
 ) -> CaptionSamples:
     r"""Captions given for the images of a split, with the data's references (no sampling).
 
@@ -293,6 +296,7 @@ def caption_samples(
         num_samples: Captions per image (default: the longest list).
         temperature: Recorded as the sampling temperature.
         method: Recorded as the decoding method.
+        beam_width: Recorded as the beam width of ``method="beam"``.
 
     Returns:
         A :class:`CaptionSamples`.
@@ -310,7 +314,7 @@ def caption_samples(
     dataset = getattr(data, split)
     pixels = getattr(dataset, "images", None) if getattr(data, "image_kind", "pixels") == "pixels" else None
     count = max(len(v) for v in cands.values()) if num_samples is None else int(num_samples)
-    return CaptionSamples(split, cands, {i: list(refs[i]) for i in ids}, count, float(temperature), method, pixels)
+    return CaptionSamples(split, cands, {i: list(refs[i]) for i in ids}, count, float(temperature), method, pixels, int(beam_width))
 
 
 def sample_captioning(
@@ -321,6 +325,7 @@ def sample_captioning(
     *,
     temperature: float = 1.0,
     method: str = "greedy",
+    beam_width: int = 2,
     limit: int | None = None,
     batch_size: int = 8,
     seed: int | None = 0,
@@ -335,7 +340,8 @@ def sample_captioning(
         split: ``"val"`` or ``"test"``.
         num_samples: Captions per image (the paper: 100).
         temperature: Sampling temperature of the prior.
-        method: ``"greedy"`` or ``"beam"`` decoding.
+        method: ``"greedy"`` or ``"beam"`` decoding of each latent sample.
+        beam_width: The beam width of ``method="beam"``.
         limit: Only the first ``limit`` images of the split.
         batch_size: Images per sampling call.
         seed: Seed of the sampling (None: the global RNG).
@@ -351,9 +357,10 @@ def sample_captioning(
     """
     dataset = getattr(data, split)
     generated = generate_captions(
-        model, dataset, data.vocab, num_samples, temperature, method, batch_size, progress, limit=limit, seed=seed
+        model, dataset, data.vocab, num_samples, temperature, method, batch_size, progress, limit=limit, seed=seed, beam_width=beam_width
     )
-    return caption_samples(data, split, generated, num_samples=num_samples, temperature=temperature, method=method)
+    how = {"temperature": temperature, "method": method, "beam_width": beam_width}
+    return caption_samples(data, split, generated, num_samples=num_samples, **how)
 
 
 @dataclass
@@ -655,6 +662,8 @@ class CaptioningResult(JsonResult):
             "temperature": float(s.temperature),
             "method": s.method,
         }
+        if s.method == "beam":
+            out["beam_width"] = int(s.beam_width)
         out.update(oracle=self.oracle, consensus=c, consensus_k=c.k, consensus_m=c.m, rerank_features=c.features)
         out.update(rerank_features_description=c.features_description, best_n=self.diversity.best_n, diversity=self.diversity)
         if self.ground_truth is not None:
@@ -689,6 +698,7 @@ def evaluate_captioning(
     *,
     temperature: float = 1.0,
     method: str = "greedy",
+    beam_width: int = 2,
     limit: int | None = None,
     rerank_features: str = "auto",
     scenes: Mapping[int, Any] | None = None,
@@ -711,7 +721,9 @@ def evaluate_captioning(
         k, m: Neighbours and consensus scores summed per candidate of the re-ranking (the paper: 60, 125).
         best_n: Captions per image kept for the diversity table (the paper: 5).
         temperature: Sampling temperature of the prior.
-        method: ``"greedy"`` or ``"beam"`` decoding.
+        method: ``"greedy"`` or ``"beam"`` decoding of each latent sample (a recipe's
+            ``decoding``: the captioning recipe decodes with beams of 5).
+        beam_width: The beam width of ``method="beam"``.
         limit: Evaluate only the first ``limit`` images of the split.
         rerank_features: The k-NN features, ``"auto"``, ``"shared"`` or ``"raw"`` (see
             :func:`consensus_table`; the choice is recorded in the results).
@@ -739,7 +751,7 @@ def evaluate_captioning(
     """
     best_n = _check_captioning(split, rerank_features, best_n)
     start = time.perf_counter()
-    how = {"temperature": temperature, "method": method}
+    how = {"temperature": temperature, "method": method, "beam_width": beam_width}
     if candidates is None:
         samples = sample_captioning(
             model, data, split, num_samples, **how, limit=limit, batch_size=batch_size, seed=seed, progress=progress

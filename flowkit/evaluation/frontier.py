@@ -54,9 +54,17 @@ class FrontierPoint:
         return asdict(self)
 
 
-def lnfmm_settings(temperatures: Sequence[float] = FRONTIER_TEMPERATURES) -> list[dict[str, Any]]:
-    r"""Sampling settings of a latent-variable model: the prior's temperature, greedy words."""
-    return [{"label": f"T={t:g}", "temperature": float(t), "method": "greedy"} for t in temperatures]
+def lnfmm_settings(temperatures: Sequence[float] = FRONTIER_TEMPERATURES, **decoding: Any) -> list[dict[str, Any]]:
+    r"""Sampling settings of a latent-variable model: the prior's temperature, each latent
+    decoded as ``decoding`` says (keyword arguments of :func:`~flowkit.evaluation.generate_captions`,
+    e.g. a recipe's ``decoding``; default greedy).
+
+    Example:
+        >>> lnfmm_settings([0, 1], method="beam", beam_width=5)[1]
+        {'label': 'T=1', 'temperature': 1.0, 'method': 'beam', 'beam_width': 5}
+    """
+    how = {"method": "greedy", **decoding}
+    return [{"label": f"T={t:g}", "temperature": float(t), **how} for t in temperatures]
 
 
 def captioner_settings(temperatures: Sequence[float] = FRONTIER_TEMPERATURES, beam_widths: Sequence[int] = (2, 5)) -> list[dict[str, Any]]:

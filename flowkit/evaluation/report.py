@@ -53,6 +53,11 @@ def _metric_keys(*tables: Mapping[str, Any]) -> list[str]:
     return keys
 
 
+def _decoding(cap: Mapping[str, Any]) -> str:
+    method = cap.get("method", "greedy")
+    return f"beam-{cap.get('beam_width', 2)}" if method == "beam" else method
+
+
 def format_captioning_table(cap: Mapping[str, Any]) -> str:
     r"""Markdown of Tables 1, 2 and 3 (and the ground-truth judges) from :func:`evaluate_captioning`'s result."""
     oracle, consensus = cap["oracle"], cap["consensus"]
@@ -60,7 +65,7 @@ def format_captioning_table(cap: Mapping[str, Any]) -> str:
     n, s = cap["num_images"], cap["num_samples"]
     lines = [
         f"Split `{cap['split']}`: {n} images x {s} sampled captions per image "
-        f"({cap.get('method', 'greedy')} decoding, temperature {cap.get('temperature', 1.0)}).",
+        f"({_decoding(cap)} decoding, temperature {cap.get('temperature', 1.0)}).",
         "",
         f"**Table 1 (oracle)** best of {s} per image and metric; **Table 2 (consensus re-ranking)** top-1 of {s} after "
         f"re-ranking with k={cap['consensus_k']}, m={cap['consensus_m']}; k-NN features: {cap['rerank_features_description']}.",
