@@ -125,9 +125,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--combine",
         nargs="+",
-        metavar="DIR",
+        metavar="DIR[:MODEL]",
         default=None,
-        help="frontier: merge the frontier.json of earlier runs (e.g. one per seed) instead of training",
+        help="frontier: merge the frontier.json of earlier runs (e.g. one per seed) instead of training; DIR:MODEL takes only that model of DIR",
     )
     p.add_argument(
         "--variants", nargs="+", choices=list(VARIANTS), default=["lnfmm", "cvae", "mse", "txt"], help="ablations: models to compare"
@@ -315,12 +315,16 @@ def train_image_frontier(args: argparse.Namespace, progress: bool) -> dict[str, 
     return curves
 
 
-def load_frontiers(folders: list[str]) -> dict[str, list[list[FrontierPoint]]]:
-    r"""Merges the ``frontier.json`` of runs made separately (e.g. one process per seed)."""
+def load_frontiers(entries: list[str]) -> dict[str, list[list[FrontierPoint]]]:
+    r"""Merges the ``frontier.json`` of runs made separately (e.g. one process per seed); an
+    entry ``DIR:MODEL`` takes only that model's curves from ``DIR`` (e.g. a baseline that a
+    later run did not re-train)."""
     curves: dict[str, list[list[FrontierPoint]]] = {}
-    for folder in folders:
+    for entry in entries:
+        folder, _, only = entry.rpartition(":") if entry.rpartition(":")[2] in FRONTIER_MODELS else (entry, "", "")
         for name, runs in json.loads((Path(folder) / "frontier.json").read_text()).items():
-            curves.setdefault(name, []).extend([[FrontierPoint(**p) for p in run] for run in runs])
+            if not only or name == only:
+                curves.setdefault(name, []).extend([[FrontierPoint(**p) for p in run] for run in runs])
     return curves
 
 
