@@ -20,7 +20,7 @@ DATA = Path(__file__).parent / "data"
 OLD = json.loads((DATA / "lnfmm_config_flat_v1.json").read_text())
 PRESETS = {"paper": {}, "small": {}, "captioning": {"vocab_size": 40}, "text_to_image": {"vocab_size": 40}}
 # presets tuned since the fixtures were written (docs/lnfmm.md): the old values, to compare with
-TUNED_SINCE_V1 = {"text_to_image": {"shared_norm": "batch", "image_noise_std": 0.5}}
+TUNED_SINCE_V1 = {"text_to_image": {"shared_norm": "batch", "image_noise_std": 0.5, "fv_layers": 4, "fv_hidden": 64}}
 
 
 def test_at_most_15_top_level_fields_and_one_table_for_every_old_name():
