@@ -721,9 +721,8 @@ def evaluate_captioning(
         k, m: Neighbours and consensus scores summed per candidate of the re-ranking (the paper: 60, 125).
         best_n: Captions per image kept for the diversity table (the paper: 5).
         temperature: Sampling temperature of the prior.
-        method: ``"greedy"`` or ``"beam"`` decoding of each latent sample (a recipe's
-            ``decoding``: the captioning recipe decodes with beams of 5).
-        beam_width: The beam width of ``method="beam"``.
+        method, beam_width: How each latent is decoded: ``"greedy"`` or ``"beam"`` of that width
+            (a recipe's ``decoding``; the captioning recipe's is beams of 5).
         limit: Evaluate only the first ``limit`` images of the split.
         rerank_features: The k-NN features, ``"auto"``, ``"shared"`` or ``"raw"`` (see
             :func:`consensus_table`; the choice is recorded in the results).
