@@ -99,10 +99,14 @@ def test_evaluate_writes_the_report(run_dir, tmp_path, quick_judge, capsys):
         "--out",
         str(report),
         "--no-progress",
+        "--beam-width",
+        "3",
     ]
     assert main(argv) == 0
     res = json.loads((report / "results.json").read_text())
     assert res["captioning"]["num_images"] == 2 and res["captioning"]["num_samples"] == 3
+    # --beam-width alone asks for beams (the run's preset, small, decodes greedily)
+    assert (res["captioning"]["method"], res["captioning"]["beam_width"]) == ("beam", 3)
     assert {"oracle", "consensus", "diversity", "ground_truth"} <= set(res["captioning"])
     assert {"inception_score", "ivom", "diversity", "caption_accuracy", "free_attribute_spread"} <= set(res["text_to_image"])
     assert res["meta"]["training steps"] == 3

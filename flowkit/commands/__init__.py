@@ -8,14 +8,17 @@ command, write ``flowkit/commands/NAME.py`` and append ``"NAME"`` here.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
     "COMMANDS",
     "add_checkpoint_argument",
     "add_command_parser",
+    "add_decoding_arguments",
     "add_device_argument",
     "add_seed_argument",
+    "decoding_of",
     "fraction",
     "non_negative_int",
     "positive_int",
@@ -67,6 +70,41 @@ def add_checkpoint_argument(p: argparse.ArgumentParser) -> None:
         required=True,
         help="a training run folder holding checkpoint.pt (flowkit train --out DIR), or the file",
     )
+
+
+def add_decoding_arguments(p: Any) -> None:
+    r"""``--method greedy|beam`` and ``--beam-width K``: how each sampled latent becomes a caption
+    (default: as the run's recipe decodes, see :func:`decoding_of`)."""
+    p.add_argument(
+        "--method",
+        choices=["greedy", "beam"],
+        default=None,
+        help="decoding of each sampled latent (default: the run's recipe's, e.g. beams of 5 for a 'captioning' run; else greedy)",
+    )
+    p.add_argument(
+        "--beam-width", type=positive_int, default=None, metavar="K", help="beam width of --method beam (default: the recipe's, else 2)"
+    )
+
+
+def decoding_of(args: argparse.Namespace, checkpoint: Mapping[str, Any] | None) -> dict[str, Any]:
+    r"""The decoding keywords of :func:`flowkit.evaluation.generate_captions` for a run: the
+    given ``--method`` / ``--beam-width``, else those of the recipe named by the run's preset.
+
+    Example:
+        >>> args = argparse.Namespace(method=None, beam_width=None)
+        >>> decoding_of(args, {"meta": {"preset": "captioning"}}), decoding_of(args, {"meta": {"preset": "small"}})
+        ({'method': 'beam', 'beam_width': 5}, {'method': 'greedy'})
+    """
+    from flowkit.models.lnfmm.recipes import RECIPES
+
+    preset = ((checkpoint or {}).get("meta") or {}).get("preset")
+    recipe = dict(RECIPES[preset]().decoding) if preset in RECIPES else {"method": "greedy"}
+    if args.method is None and args.beam_width is None:
+        return recipe
+    method = args.method or ("beam" if args.beam_width is not None else recipe["method"])
+    if method != "beam":
+        return {"method": method}
+    return {"method": "beam", "beam_width": args.beam_width or recipe.get("beam_width", 2)}
 
 
 def add_seed_argument(p: argparse.ArgumentParser) -> None:

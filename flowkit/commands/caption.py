@@ -27,8 +27,10 @@ from typing import Any
 from flowkit.commands import (
     add_checkpoint_argument,
     add_command_parser,
+    add_decoding_arguments,
     add_device_argument,
     add_seed_argument,
+    decoding_of,
     positive_int,
 )
 from flowkit.io import atomic_write_text, check_output, checkpoint_path, run_folder
@@ -126,12 +128,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="T",
         help="scales the prior's base samples; 0 gives one deterministic caption (default 1.0)",
     )
-    p.add_argument(
-        "--method",
-        choices=["greedy", "beam"],
-        default="greedy",
-        help="decoding of each sampled latent (default greedy; beam width 2 as the official code)",
-    )
+    add_decoding_arguments(p)
     p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N images (default: all of the split)")
     p.add_argument(
         "--show", type=int, default=5, metavar="K", help="captions printed per image (all go to --out; default 5, 0 prints none)"
@@ -162,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     from flowkit.evaluation import find_split, generate_captions, load_run, split_images
 
     out = _output(args)
-    model, data, _ = load_run(args.checkpoint, device=args.device, **data_overrides(args))
+    model, data, ckpt = load_run(args.checkpoint, device=args.device, **data_overrides(args))
     split = args.split or ("test" if args.images is None else find_split(data, args.images))
     dataset = split_images(data, split)
     if len(dataset) == 0:
@@ -173,12 +170,12 @@ def run(args: argparse.Namespace) -> int:
         data.vocab,
         num_samples=args.num_samples,
         temperature=args.temperature,
-        method=args.method,
         batch_size=args.batch_size,
         progress=not args.no_progress,
         limit=args.limit,
         image_ids=args.images,
         seed=args.seed,
+        **decoding_of(args, ckpt),
     )
     if args.show > 0:
         refs = data.references.get(split, {})

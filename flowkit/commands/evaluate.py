@@ -23,8 +23,10 @@ from typing import Any
 from flowkit.commands import (
     add_checkpoint_argument,
     add_command_parser,
+    add_decoding_arguments,
     add_device_argument,
     add_seed_argument,
+    decoding_of,
     non_negative_int,
     positive_int,
 )
@@ -76,7 +78,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     g.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N images of the split (default all)")
     g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature of the text prior (default 1.0)")
-    g.add_argument("--method", choices=["greedy", "beam"], default="greedy", help="decoding (default greedy)")
+    add_decoding_arguments(g)
     g.add_argument("--k", type=positive_int, default=60, help="neighbours of the consensus re-ranking (default 60, the paper's)")
     g.add_argument("--m", type=positive_int, default=125, help="consensus scores summed per candidate (default 125, the paper's)")
     g.add_argument(
@@ -147,11 +149,11 @@ def run(args: argparse.Namespace) -> int:
                 m=args.m,
                 best_n=args.best_n,
                 temperature=args.temperature,
-                method=args.method,
                 limit=args.limit,
                 rerank_features=args.rerank_features,
                 seed=args.seed,
                 progress=progress,
+                **decoding_of(args, ckpt),
             )
         if not spice_available():
             cap.spice_note = "SPICE is not reported: its Stanford CoreNLP jars are absent and pycocoevalcap cannot fetch them offline."
