@@ -79,6 +79,14 @@ def train_renderer(steps: int, channels: int, out: Path, judge: Any, val: tuple[
     return {"renderer_curve": curve, "g": g.eval(), "mu": mu, "sd": sd}
 
 
+def load_renderer(path: Path) -> dict[str, Any]:
+    r"""A renderer saved by :func:`train_renderer`."""
+    state = torch.load(path)
+    g = Generator64(576, 576, channels=state["channels"])
+    g.load_state_dict(state["g"])
+    return {"g": g.eval(), "mu": state["mu"], "sd": state["sd"]}
+
+
 def lnfmm_in_features(
     overrides: dict[str, Any], seed: int, steps: int, out: Path, renderer: dict[str, Any], judge: Any
 ) -> dict[str, float]:
@@ -92,18 +100,26 @@ def lnfmm_in_features(
     model = train(config, data, settings, out=out / f"lnfmm_seed{seed}").module.eval()
     ids = list(dict.fromkeys(int(it["image_id"]) for it in data.val))[:100]
     captions = [data.references["val"][i][0] for i in ids]
-    result = {}
+
+    def render(features: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return renderer["g"]((features - renderer["mu"]) / renderer["sd"])
+
+    # the feature decoder's own limit: the image's own code decoded and rendered
+    first = {int(it["image_id"]): it["image"] for it in reversed(list(data.val))}
+    with torch.no_grad():
+        own = model.encode_images(torch.stack([first[i] for i in ids]).float())
+        result = {"own_code": image_caption_accuracy(render(model.decode_images(own["shared"], own["specific"])), captions, judge)}
     for temperature in (0.0, 0.5, 1.0):
         features = sample_images_for_captions(model, captions, data.vocab, 8, temperature, seed=0).flatten(0, 1)
-        with torch.no_grad():
-            images = renderer["g"]((features - renderer["mu"]) / renderer["sd"])
-        result[f"T={temperature:g}"] = image_caption_accuracy(images, [c for c in captions for _ in range(8)], judge)
+        result[f"T={temperature:g}"] = image_caption_accuracy(render(features), [c for c in captions for _ in range(8)], judge)
     return result
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--renderer-steps", type=int, default=1500)
+    p.add_argument("--renderer", default=None, help="a renderer.pt saved by an earlier run (skips its training)")
     p.add_argument("--channels", type=int, default=16, help="the renderer's base width")
     p.add_argument("--lnfmm", action="store_true", help="also train LNFMM in feature space and judge its rendered samples")
     p.add_argument("--set", default="{}", help="JSON overrides of the feature-space LNFMM config")
@@ -121,8 +137,12 @@ def main() -> int:
         [val_data.references["val"][int(it["image_id"])][0] for it in val_data.val],
     )
     judge = get_attribute_classifier()
-    renderer = train_renderer(a.renderer_steps, a.channels, out, judge, val)
-    result: dict[str, Any] = {"renderer_steps": a.renderer_steps, "renderer_curve": renderer["renderer_curve"], "seed": a.seed}
+    if a.renderer is None:
+        renderer = train_renderer(a.renderer_steps, a.channels, out, judge, val)
+        result: dict[str, Any] = {"renderer_steps": a.renderer_steps, "renderer_curve": renderer["renderer_curve"], "seed": a.seed}
+    else:
+        renderer = load_renderer(Path(a.renderer))
+        result = {"renderer": a.renderer, "seed": a.seed}
     if a.lnfmm:
         result.update(set=json.loads(a.set), **lnfmm_in_features(json.loads(a.set), a.seed, a.lnfmm_steps, out, renderer, judge))
     print(json.dumps(result), flush=True)
