@@ -94,11 +94,15 @@ def decoding_of(args: argparse.Namespace, checkpoint: Mapping[str, Any] | None) 
         >>> args = argparse.Namespace(method=None, beam_width=None)
         >>> decoding_of(args, {"meta": {"preset": "captioning"}}), decoding_of(args, {"meta": {"preset": "small"}})
         ({'method': 'beam', 'beam_width': 5}, {'method': 'greedy'})
+        >>> decoding_of(args, {"meta": {"preset": "captioner"}}), decoding_of(argparse.Namespace(method=None, beam_width=3), None)
+        ({'method': 'sample'}, {'method': 'beam', 'beam_width': 3})
     """
     from flowkit.models.lnfmm.recipes import RECIPES
 
     preset = ((checkpoint or {}).get("meta") or {}).get("preset")
-    recipe = dict(RECIPES[preset]().decoding) if preset in RECIPES else {"method": "greedy"}
+    # method and beam width only: evaluate_captioning samples words at temperature 1
+    recipe = {k: v for k, v in RECIPES[preset]().decoding.items() if k in ("method", "beam_width")} if preset in RECIPES else {}
+    recipe = recipe or {"method": "greedy"}
     if args.method is None and args.beam_width is None:
         return recipe
     method = args.method or ("beam" if args.beam_width is not None else recipe["method"])

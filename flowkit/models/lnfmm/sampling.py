@@ -160,7 +160,7 @@ def sample_decode(
     return out
 
 
-def _log_normalizer(x: Tensor, scratch: Tensor, maxes: Tensor | None = None, block: int = 128) -> Tensor:
+def _log_normalizer(x: Tensor, scratch: Tensor, maxes: Tensor | None = None) -> Tensor:
     r""":math:`\log \sum_v \exp x_{nv}` of (N, V) logits, with the row maximum subtracted
     (from the block maxima ``maxes`` when given). The exponentials go through ``scratch``
     (C, V), a few rows at a time that stay in cache: about half the time of a log-softmax,
