@@ -100,7 +100,7 @@ def train_renderer(steps: int, channels: int, out: Path, judge: Any, val: tuple[
 
 def load_renderer(path: Path) -> dict[str, Any]:
     r"""A renderer saved by :func:`train_renderer`."""
-    state = torch.load(path)
+    state = torch.load(path, weights_only=True)
     g = Generator64(576, 576, channels=state["channels"])
     g.load_state_dict(state["g"])
     return {"g": g.eval(), "mu": state["mu"], "sd": state["sd"], "channels": state["channels"]}
