@@ -56,7 +56,7 @@ from flowkit.evaluation.frontier import caption_frontier, lnfmm_settings, plot_f
 from flowkit.evaluation.probes import probe_scene_attributes
 from flowkit.metrics import spice_available
 from flowkit.models import LNFMMConfig
-from flowkit.models.lnfmm.recipes import captioning_recipe
+from flowkit.models.lnfmm.recipes import captioning_recipe, choose_decoding
 from flowkit.training import TrainSettings, train
 
 TINY = {
@@ -128,14 +128,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _decoding(args: argparse.Namespace, default: dict[str, Any]) -> dict[str, Any]:
-    r"""How each sampled latent is decoded: the route's default, changed by --method / --beam-width."""
-    out = {"method": args.method or default["method"]}
-    if out["method"] == "beam":
-        out["beam_width"] = args.beam_width or default.get("beam_width", 2)
-    return out
-
-
 def export_shapes(args: argparse.Namespace, sizes: dict[str, int]) -> Path:
     r"""Exports the shapes data to COCO format once (idempotent) and returns the folder."""
     root = Path(args.export_root) if args.export_root is not None else shapes_export_root(sizes, args.data_seed)
@@ -161,7 +153,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
             meta=meta,
             validate_every=0,
             lr_schedule="constant",
-            decoding=_decoding(args, {"method": "greedy"}),
+            decoding=choose_decoding({"method": "greedy"}, args.method, args.beam_width),
         )
     sizes = dict(TINY["sizes"]) if args.tiny else {**DEFAULT_SIZES, "train": args.train_images}
     t0 = time.perf_counter()
@@ -198,7 +190,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         meta=meta,
         validate_every=every,
         lr_schedule=schedule,
-        decoding=_decoding(args, decoding),
+        decoding=choose_decoding(decoding, args.method, args.beam_width),
     )
 
 

@@ -97,18 +97,12 @@ def decoding_of(args: argparse.Namespace, checkpoint: Mapping[str, Any] | None) 
         >>> decoding_of(args, {"meta": {"preset": "captioner"}}), decoding_of(argparse.Namespace(method=None, beam_width=3), None)
         ({'method': 'sample'}, {'method': 'beam', 'beam_width': 3})
     """
-    from flowkit.models.lnfmm.recipes import RECIPES
+    from flowkit.models.lnfmm.recipes import RECIPES, choose_decoding
 
     preset = ((checkpoint or {}).get("meta") or {}).get("preset")
     # method and beam width only: evaluate_captioning samples words at temperature 1
     recipe = {k: v for k, v in RECIPES[preset]().decoding.items() if k in ("method", "beam_width")} if preset in RECIPES else {}
-    recipe = recipe or {"method": "greedy"}
-    if args.method is None and args.beam_width is None:
-        return recipe
-    method = args.method or ("beam" if args.beam_width is not None else recipe["method"])
-    if method != "beam":
-        return {"method": method}
-    return {"method": "beam", "beam_width": args.beam_width or recipe.get("beam_width", 2)}
+    return choose_decoding(recipe or {"method": "greedy"}, args.method, args.beam_width)
 
 
 def add_seed_argument(p: argparse.ArgumentParser) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "text_to_image_recipe",
     "text_to_image_baseline",
     "RECIPES",
+    "choose_decoding",
 ]
 
 
@@ -162,6 +163,23 @@ def text_to_image_baseline(**overrides: Any) -> Recipe:
     base: dict[str, Any] = dict(image_specific_dim=0, notes={"preset": "text-to-image baseline"})
     base.update(overrides)
     return dataclasses.replace(text_to_image_recipe(**base), name="text_to_image_deterministic")
+
+
+def choose_decoding(default: Mapping[str, Any], method: str | None = None, beam_width: int | None = None) -> dict[str, Any]:
+    r"""A decoding (keywords of :func:`flowkit.evaluation.generate_captions`): ``default`` (e.g.
+    a recipe's ``decoding``) with the method and beam width a user gave; a beam width alone
+    asks for beams.
+
+    Example:
+        >>> choose_decoding({"method": "greedy"}), choose_decoding({"method": "greedy"}, beam_width=3)
+        ({'method': 'greedy'}, {'method': 'beam', 'beam_width': 3})
+    """
+    if method is None and beam_width is None:
+        return dict(default)
+    method = method or ("beam" if beam_width is not None else default["method"])
+    if method != "beam":
+        return {"method": method}
+    return {"method": "beam", "beam_width": beam_width or default.get("beam_width", 2)}
 
 
 RECIPES = {
