@@ -17,9 +17,10 @@ classifier accuracy, free-attribute spread, Inception score (attribute classifie
 Reported as mean ± std over seeds in Markdown (``OUT/quality.md``) and JSON (``OUT/quality.json``).
 
 ``--task t2i-frontier``: the text-to-image recipe and the deterministic caption -> image
-decoder (the recipe without z'_v), same data (the export's pixels), budget and seeds; the
-attribute classifier's accuracy against the free-attribute spread of ``--t2i-captions`` test
-captions x ``--t2i-samples`` images at the same temperatures.
+decoder (the recipe without z'_v), same data (the trunk's reading of the export's images,
+drawn by the pre-trained cell renderer), budget and seeds; ``t2i-pixels`` (on request: the
+end-to-end pixel recipe). The attribute classifier's accuracy against the free-attribute
+spread of ``--t2i-captions`` test captions x ``--t2i-samples`` images at the same temperatures.
 
 ``--task frontier`` (the paper's claim made exact): LNFMM's captioning recipe, the supervised
 captioner without a latent and the CVAE (Gaussian prior, free bits), each trained on the same
@@ -46,6 +47,7 @@ import platform
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +55,9 @@ import numpy as np
 import torch
 
 from flowkit.data import load_caption_data
-from flowkit.data.features import extract_features, shapes_trunk_features
+from flowkit.data.features import extract_features, load_shapes_coco, shapes_trunk_features
 from flowkit.data.judges import get_attribute_classifier
+from flowkit.data.renderer import get_cell_renderer, render_readings
 from flowkit.data.shapes import export_coco, shapes_export_root
 from flowkit.evaluation import evaluate_captioning, evaluate_text_to_image, probe_image_codes, scenes_from_export, to_jsonable
 from flowkit.evaluation.frontier import FrontierPoint, caption_frontier, captioner_settings, image_frontier, lnfmm_settings, plot_frontier
@@ -153,7 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     t2i = args.task == "t2i-frontier"
     models = [k for k in FRONTIER_MODELS if (k in T2I_RECIPES) == t2i]
-    args.models = args.models or models
+    args.models = args.models or [m for m in models if m != "t2i-pixels"]  # the pixel recipe on request
     if not set(args.models) <= set(models):
         p.error(f"--models of --task {args.task}: choose from {models}")
     args.figure = args.figure or f"docs/img/frontier_{'text_to_image' if t2i else 'captioning'}.png"
@@ -192,8 +195,9 @@ FRONTIER_MODELS = {
     "cvae": "CVAE (Gaussian prior, free bits)",
     "t2i": "LNFMM (text-to-image recipe)",
     "t2i-deterministic": "deterministic caption -> image (no z'_v)",
+    "t2i-pixels": "LNFMM end to end on pixels",
 }
-T2I_RECIPES = {"t2i": "text_to_image", "t2i-deterministic": "text_to_image_deterministic"}
+T2I_RECIPES = {"t2i": "text_to_image", "t2i-deterministic": "text_to_image_deterministic", "t2i-pixels": "text_to_image_pixels"}
 
 
 def frontier_data(args: argparse.Namespace, progress: bool) -> tuple[Any, dict[int, Any]]:
@@ -284,16 +288,16 @@ def train_frontier(args: argparse.Namespace, progress: bool) -> dict[str, list[l
 
 
 def train_image_frontier(args: argparse.Namespace, progress: bool) -> dict[str, list[list[FrontierPoint]]]:
-    r"""Text-to-image: each recipe once per seed on the pixels of the export; judged test captions."""
-    root = shapes_export_root({"train": args.train_images, "val": 200, "test": 200}, args.data_seed)
-    export_coco(root, sizes={"train": args.train_images, "val": 200, "test": 200}, seed=args.data_seed, progress=progress)
-    data = load_caption_data("coco", root=root, split_scheme="coco", progress=progress)
-    n = min(args.t2i_captions, len(data.test))
-    captions = [data.references["test"][int(data.test[i]["image_id"])][0] for i in range(n)]
+    r"""Text-to-image: each recipe once per seed on the export, as the recipe reads it; judged test captions."""
+    sizes = {"train": args.train_images, "val": 200, "test": 200}
     judge = get_attribute_classifier(progress=progress)
     curves: dict[str, list[list[FrontierPoint]]] = {}
     for name in args.models:
         recipe = RECIPES[T2I_RECIPES[name]]()
+        data = load_shapes_coco(recipe.image_input, sizes, args.data_seed, progress=progress).data
+        n = min(args.t2i_captions, len(data.test))
+        captions = [data.references["test"][int(data.test[i]["image_id"])][0] for i in range(n)]
+        render = partial(render_readings, renderer=get_cell_renderer(progress=progress)) if recipe.image_input == "reading" else None
         curves[name] = []
         for seed in args.seeds:
             t0 = time.perf_counter()
@@ -305,7 +309,8 @@ def train_image_frontier(args: argparse.Namespace, progress: bool) -> dict[str, 
                 out=Path(args.out) / f"{name}_seed{seed}",
                 meta={"preset": recipe.name},
             )
-            points = image_frontier(trainer.module.cpu().eval(), captions, data.vocab, num_samples=args.t2i_samples, judge=judge, seed=seed)
+            model = trainer.module.cpu().eval()
+            points = image_frontier(model, captions, data.vocab, num_samples=args.t2i_samples, judge=judge, seed=seed, render=render)
             curves[name].append(points)
             print(
                 f"== {FRONTIER_MODELS[name]}, seed {seed} ({time.perf_counter() - t0:.0f}s): "

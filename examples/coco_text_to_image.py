@@ -8,10 +8,13 @@ the caption leaves them free.
 What it does, with no arguments:
 
 1. exports the embedded shapes dataset in COCO format to ``$FLOWKIT_CACHE/shapes_coco`` (the
-   main job's folder; done once) and loads it back through the COCO path as pixels;
+   main job's folder; done once) and loads it back through the COCO path with the pre-trained
+   shapes trunk's *reading* of each image (per grid cell: empty or which shape, colour and
+   size; 117 numbers, extracted once), the analogue of VGG-16's class scores;
 2. trains the text-to-image recipe (``flowkit.models.lnfmm.recipes.text_to_image_recipe``:
-   the pre-trained shapes trunk as the image encoder, standardized shared codes, the image
-   decoded from the caption's shared code with a perceptual term; ``docs/lnfmm.md``);
+   LNFMM decodes the reading from the caption's shared code and a sample of the image prior;
+   ``docs/lnfmm.md``), and gets the cell renderer that draws readings as pixels (pre-trained
+   on another data seed and cached, like the trunk: ``flowkit.data.renderer``);
 3. draws ``--num-samples`` images for the first caption of each of ``--test-images`` test
    images and judges them with the attribute classifier (a network the model never saw):
    the fraction of images true of their caption, and the spread of the attributes each
@@ -26,6 +29,7 @@ Usage::
     python examples/coco_text_to_image.py --checkpoint runs/text_to_image/run
     python examples/coco_text_to_image.py --caption "a large green star" --caption "a circle above a square"
     python examples/coco_text_to_image.py --tiny                    # a smoke run of seconds
+    python examples/coco_text_to_image.py --pixels                  # the end-to-end pixel recipe (0.26)
 """
 
 from __future__ import annotations
@@ -34,18 +38,22 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from flowkit.data import CaptionData, Vocabulary, load_caption_data
+from flowkit.data import CaptionData, Vocabulary
+from flowkit.data.features import load_shapes_coco
 from flowkit.data.judges import ClassifierConfig, free_attribute_spread, get_attribute_classifier, image_caption_accuracy
-from flowkit.data.shapes import DEFAULT_SIZES, export_coco, shapes_export_root
+from flowkit.data.renderer import READING_DIM, RendererConfig, get_cell_renderer, render_readings
+from flowkit.data.shapes import DEFAULT_SIZES
 from flowkit.evaluation import load_model, plot_image_grid, sample_images_for_captions
 from flowkit.evaluation.frontier import image_frontier
 from flowkit.io import atomic_write_json
-from flowkit.models.lnfmm.recipes import text_to_image_recipe
+from flowkit.models.lnfmm.recipes import Recipe, text_to_image_pixels_recipe, text_to_image_recipe
 from flowkit.training import TrainSettings, train
 
 CAPTIONS = [
@@ -55,7 +63,8 @@ CAPTIONS = [
     "a green triangle to the left of a purple circle",
 ]
 TEMPERATURES = (0.0, 0.5, 1.0)  # the last is the reported one
-TINY = {"sizes": {"train": 120, "val": 8, "test": 8}, "steps": 20, "batch_size": 16, "test_images": 4}
+TINY = {"sizes": {"train": 120, "val": 8, "test": 8}, "steps": 20, "batch_size": 16, "test_images": 4, "trunk_images": 200}
+TINY_RENDERER = RendererConfig(steps=20, batch_size=8, width=4, train_size=64, trunk_train_size=200)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,34 +84,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--tiny", action="store_true", help="a smoke run: 120 training images, 20 steps, 4 test captions, a quickly trained judge"
     )
+    p.add_argument("--pixels", action="store_true", help="train the end-to-end pixel recipe instead (text_to_image_pixels_recipe)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p.parse_args(argv)
 
 
-def load_data(args: argparse.Namespace) -> CaptionData:
-    r"""The embedded data as pixels, through the COCO export (shared with the main job)."""
+def load_data(args: argparse.Namespace, recipe: Recipe) -> CaptionData:
+    r"""The embedded data through the COCO export (shared with the main job), as the recipe reads it."""
     sizes = dict(TINY["sizes"]) if args.tiny else dict(DEFAULT_SIZES)
-    root = export_coco(shapes_export_root(sizes, args.data_seed), sizes=sizes, seed=args.data_seed, progress=not args.no_progress)
-    return load_caption_data("coco", root=root, split_scheme="coco", progress=not args.no_progress)
+    trunk_images = TINY["trunk_images"] if args.tiny else 3000
+    return load_shapes_coco(recipe.image_input, sizes, args.data_seed, trunk_images, progress=not args.no_progress).data
 
 
-def train_model(args: argparse.Namespace, data: CaptionData, out: Path) -> torch.nn.Module:
-    recipe = text_to_image_recipe()
+def train_model(args: argparse.Namespace, recipe: Recipe, data: CaptionData, out: Path) -> torch.nn.Module:
     settings = recipe.settings()
     if args.tiny:
         settings.update(steps=TINY["steps"], batch_size=TINY["batch_size"])
     if args.steps is not None:
         settings["steps"] = args.steps
     settings.update(validate_every=0, seed=args.seed, progress=not args.no_progress)
-    meta = {"data": "coco", "data_seed": args.data_seed, "preset": "text_to_image"}
-    config = recipe.config.replace(image_encoder_init_steps=20) if args.tiny else recipe.config
+    meta = {"data": "coco", "data_seed": args.data_seed, "preset": recipe.name}
+    config = recipe.config.replace(image_encoder_init_steps=20) if args.tiny and args.pixels else recipe.config
     trainer = train(config, data, TrainSettings(**settings), out=out / "run", meta=meta)
     return trainer.module.cpu().eval()
 
 
-def judge_captions(model: torch.nn.Module, captions: list[str], vocab: Vocabulary, judge: Any, args: argparse.Namespace) -> dict[str, Any]:
+def renderer_of(model: torch.nn.Module, args: argparse.Namespace) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    r"""None for a pixel model; for a model of the trunk's reading, the cell renderer that draws it."""
+    if model.config.pixels:
+        return None
+    if model.config.image_encoder.feature_dim != READING_DIM:
+        raise SystemExit(
+            f"this model decodes {model.config.image_encoder.feature_dim} image features, not the trunk's {READING_DIM}-number "
+            "reading the renderer draws; train the text-to-image recipe (no --checkpoint)"
+        )
+    return partial(render_readings, renderer=get_cell_renderer(TINY_RENDERER if args.tiny else None, progress=not args.no_progress))
+
+
+def judge_captions(
+    model: torch.nn.Module, captions: list[str], vocab: Vocabulary, judge: Any, args: argparse.Namespace, render: Any
+) -> dict[str, Any]:
     r"""Accuracy and free-attribute spread of generated images at each temperature."""
-    points = image_frontier(model, captions, vocab, TEMPERATURES, args.num_samples, judge, seed=args.seed, progress=not args.no_progress)
+    points = image_frontier(
+        model, captions, vocab, TEMPERATURES, args.num_samples, judge, seed=args.seed, progress=not args.no_progress, render=render
+    )
     for p in points:
         print(
             f"[judge] {p.label:<6} accuracy {p.accuracy:.3f}  free-attribute spread {p.coverage:.3f} ({p.distinct:.0f}/{len(captions)} captions with a true image)"
@@ -128,26 +153,29 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     start = time.perf_counter()
     out = Path(args.out)
-    data = load_data(args)
+    recipe = text_to_image_pixels_recipe() if args.pixels else text_to_image_recipe()
     if args.checkpoint is not None:
         model, ckpt = load_model(args.checkpoint)
         vocab = Vocabulary.from_dict(dict(ckpt["vocab"]))
+        if model.config.pixels != (recipe.image_input == "pixels"):
+            recipe = text_to_image_recipe() if args.pixels else text_to_image_pixels_recipe()  # read the data as the model does
         print(f"[model] loaded {args.checkpoint} (step {ckpt['step']})")
+        data = load_data(args, recipe)
     else:
-        model, vocab = train_model(args, data, out), data.vocab
+        data = load_data(args, recipe)
+        model, vocab = train_model(args, recipe, data, out), data.vocab
         print(f"[train] done in {time.perf_counter() - start:.0f}s -> {out / 'run'}")
-    if not model.config.pixels:
-        raise SystemExit("this model works on image features and cannot draw images; train the text-to-image recipe")
+    render = renderer_of(model, args)
 
     judge = get_attribute_classifier(
         ClassifierConfig(train_size=256, test_size=64, epochs=1) if args.tiny else None, progress=not args.no_progress
     )
     n = min(TINY["test_images"] if args.tiny else args.test_images, len(data.test))
     test_captions = [data.references["test"][int(data.test[i]["image_id"])][0] for i in range(n)]
-    results = judge_captions(model, test_captions, vocab, judge, args)
+    results = judge_captions(model, test_captions, vocab, judge, args, render)
 
     display = (args.caption or CAPTIONS) + test_captions[:4]
-    images = sample_images_for_captions(model, display, vocab, args.num_samples, 1.0, seed=args.seed)
+    images = sample_images_for_captions(model, display, vocab, args.num_samples, 1.0, seed=args.seed, render=render)
     grid = plot_image_grid(
         display, images, out / "text_to_image.png", max_samples=min(8, args.num_samples), title="samples at temperature 1"
     )
@@ -165,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             "test_captions": n,
             "samples_per_caption": args.num_samples,
             "judge": "shapes attribute classifier (seed 7919)",
+            "recipe": recipe.name,
+            "drawn_by": "the model's image decoder" if render is None else "the pre-trained cell renderer (flowkit.data.renderer)",
         },
         "seconds": time.perf_counter() - start,
         "grid": str(grid),

@@ -20,7 +20,11 @@ DATA = Path(__file__).parent / "data"
 OLD = json.loads((DATA / "lnfmm_config_flat_v1.json").read_text())
 PRESETS = {"paper": {}, "small": {}, "captioning": {"vocab_size": 40}, "text_to_image": {"vocab_size": 40}}
 # presets tuned since the fixtures were written (docs/lnfmm.md): the old values, to compare with
-TUNED_SINCE_V1 = {"text_to_image": {"shared_norm": "batch", "image_noise_std": 0.5, "fv_layers": 4, "fv_hidden": 64}}
+TUNED_SINCE_V1 = {
+    "text_to_image": {"shared_norm": "batch", "image_noise_std": 0.5, "fv_layers": 4, "fv_hidden": 64, "notes": {"preset": "text_to_image"}}
+}
+# presets renamed since: the pixel text-to-image model (the recipe now reads the trunk's reading)
+RENAMED_SINCE_V1 = {"text_to_image": "text_to_image_pixels"}
 
 
 def test_at_most_15_top_level_fields_and_one_table_for_every_old_name():
@@ -51,7 +55,8 @@ def test_old_flat_config_loads_with_identical_values(name):
     # the nested form round-trips through JSON
     assert LNFMMConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     if name in PRESETS:
-        assert cfg == getattr(LNFMMConfig, name)(**PRESETS[name], **TUNED_SINCE_V1.get(name, {}))
+        preset = getattr(LNFMMConfig, RENAMED_SINCE_V1.get(name, name))
+        assert cfg == preset(**PRESETS[name], **TUNED_SINCE_V1.get(name, {}))
 
 
 def test_old_checkpoint_builds_the_same_model():
@@ -95,7 +100,7 @@ def test_errors_name_the_group_and_collect_every_problem():
     msg = str(e.value)
     assert "loss.rec_t must be" in msg and "text_decoder.word_dropout must be" in msg and "vocab_size" in msg
     with pytest.raises(ValueError, match=r"loss.image_perceptual=1.0 .* set image_encoder.freeze_trunk=True"):
-        LNFMMConfig.text_to_image(freeze_image_trunk=False)
+        LNFMMConfig.text_to_image_pixels(freeze_image_trunk=False)
 
 
 def test_dropped_options():

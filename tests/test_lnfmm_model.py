@@ -241,7 +241,7 @@ def _switch_model(overrides: dict) -> LNFMM:
         return LNFMM(LNFMMConfig.captioning(image_feature_dim=10, **sizes))
     from flowkit.data.classifier import AttributeClassifier
 
-    model = LNFMM(LNFMMConfig.text_to_image(**sizes))
+    model = LNFMM(LNFMMConfig.text_to_image_pixels(**sizes))
     # a random trunk stands in for the pre-trained one
     model.image_encoder.cells.load_state_dict(AttributeClassifier().net[:-1].state_dict())
     model.image_trunk_initialized = True

@@ -48,9 +48,10 @@ def test_recipes_are_one_model_class_with_documented_choices():
     assert {(r().steps, r().batch_size, r().image_input) for r in captioning} == {(cap.steps, cap.batch_size, "features")}
     t2i = text_to_image_recipe()
     assert {(r().steps, r().batch_size, r().image_input) for r in (RECIPES["text_to_image"], RECIPES["text_to_image_deterministic"])} == {
-        (t2i.steps, t2i.batch_size, "pixels")
+        (t2i.steps, t2i.batch_size, "reading")
     }
-    assert set(RECIPES) == {"captioning", "captioner", "cvae", "text_to_image", "text_to_image_deterministic"}
+    assert RECIPES["text_to_image_pixels"]().image_input == "pixels"
+    assert set(RECIPES) == {"captioning", "captioner", "cvae", "text_to_image", "text_to_image_deterministic", "text_to_image_pixels"}
     assert captioning_recipe(word_dropout=0.1).config.text_decoder.word_dropout == 0.1
     # each latent is decoded by beams of 5 (chosen on validation), the CVAE's as LNFMM's; the
     # captioner has no latent, so its samples draw words
@@ -80,7 +81,7 @@ def pixel_data(tmp_path_factory):
 def test_the_engine_trains_every_recipe(name, tmp_path, feature_data, pixel_data, monkeypatch):
     recipe = RECIPES[name](**TINY)
     settings = TrainSettings(steps=3, batch_size=4, progress=False, device="cpu")
-    data = feature_data if recipe.image_input == "features" else pixel_data
+    data = pixel_data if recipe.image_input == "pixels" else feature_data
     if recipe.config.image_encoder.init == "shapes-trunk":  # a small trunk instead of the 20 s pre-training
         from flowkit.data import features
 

@@ -12,7 +12,7 @@ from flowkit.data.classifier import AttributeClassifier
 from flowkit.evaluation.frontier import FrontierPoint, image_frontier
 from flowkit.models import LNFMM, LNFMMConfig
 from flowkit.models.lnfmm.encoders import CellEncoder
-from flowkit.models.lnfmm.recipes import text_to_image_baseline, text_to_image_recipe
+from flowkit.models.lnfmm.recipes import text_to_image_baseline, text_to_image_pixels_recipe, text_to_image_recipe
 
 TINY = dict(
     vocab_size=20,
@@ -37,7 +37,7 @@ TINY = dict(
 
 def _model(**overrides) -> LNFMM:
     torch.manual_seed(0)
-    model = LNFMM(LNFMMConfig.text_to_image(**{**TINY, **overrides}))
+    model = LNFMM(LNFMMConfig.text_to_image_pixels(**{**TINY, **overrides}))
     trunk = AttributeClassifier()  # stands in for the pre-trained trunk (no 20 s training here)
     model.image_encoder.cells.load_state_dict(trunk.net[:-1].state_dict())
     model.image_trunk_initialized = True
@@ -99,27 +99,31 @@ def test_perceptual_term_adds_the_trunk_feature_distance():
 
 def test_config_checks_the_text_to_image_options():
     with pytest.raises(ValueError, match="image_perceptual=1.0 measures images with the frozen image trunk"):
-        LNFMMConfig.text_to_image(freeze_image_trunk=False)
+        LNFMMConfig.text_to_image_pixels(freeze_image_trunk=False)
     with pytest.raises(ValueError, match="initializes the 'cells' image encoder, not 'conv'"):
         LNFMMConfig.small(image_encoder_init="shapes-trunk")
     with pytest.raises(ValueError, match="image_perceptual must be a finite number >= 0"):
-        LNFMMConfig.text_to_image(image_perceptual=-1.0)
+        LNFMMConfig.text_to_image_pixels(image_perceptual=-1.0)
 
 
 def test_text_to_image_recipes():
-    r, b = text_to_image_recipe(), text_to_image_baseline()
-    assert r.image_input == b.image_input == "pixels" and (r.steps, r.batch_size) == (b.steps, b.batch_size)
+    r, b, px = text_to_image_recipe(), text_to_image_baseline(), text_to_image_pixels_recipe()
+    # the recipe and its baseline: the trunk's reading, decoded from the caption's shared code
+    assert r.image_input == b.image_input == "reading" and (r.steps, r.batch_size) == (b.steps, b.batch_size)
     c = r.config
-    assert (c.image_encoder.kind, c.image_encoder.init, c.image_encoder.freeze_trunk, c.posterior.shared_norm) == (
-        "cells",
-        "shapes-trunk",
-        True,
-        "batch-all",
-    )
-    assert c.loss.cross_v > 0 and c.loss.rec_v == 0 and c.loss.image_perceptual > 0 and c.image_specific_dim > 0
+    assert (c.image_encoder.kind, c.image_encoder.feature_dim, c.posterior.shared_norm) == ("features", 117, "batch-all")
+    assert c.loss.cross_v > 0 and c.loss.rec_v == 0 and c.loss.image_distance == "mse" and c.image_specific_dim > 0
     assert b.config.image_specific_dim == 0 and b.config.replace(image_specific_dim=c.image_specific_dim, notes=c.notes) == c
     model = LNFMM(b.config.replace(**{**TINY, "image_specific_dim": 0}))
     assert model.f_v is None
+    # end to end on pixels: the pre-trained trunk inside the model, a perceptual term
+    p = px.config
+    assert px.image_input == "pixels" and (p.image_encoder.kind, p.image_encoder.init, p.image_encoder.freeze_trunk) == (
+        "cells",
+        "shapes-trunk",
+        True,
+    )
+    assert p.loss.cross_v > 0 and p.loss.rec_v == 0 and p.loss.image_perceptual > 0
 
 
 def test_image_frontier_judges_every_temperature():
@@ -141,11 +145,11 @@ def test_image_frontier_judges_every_temperature():
         assert 0.0 <= p.coverage <= 1.0 and not math.isnan(p.coverage)
 
 
-def test_the_text_to_image_recipe_refuses_feature_data():
+def test_the_pixel_recipe_refuses_feature_data():
     from types import SimpleNamespace
 
     from flowkit.models.lnfmm.step import adapt_config
 
     data = SimpleNamespace(vocab=range(30), train=[], image_kind="features", image_shape=(576,), max_len=12)
     with pytest.raises(ValueError, match="compares generated images with the data's pixels, but the data holds image features"):
-        adapt_config(text_to_image_recipe().config, data)
+        adapt_config(text_to_image_pixels_recipe().config, data)

@@ -29,8 +29,9 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -42,7 +43,18 @@ from flowkit.data.coco import load_image, pil_to_tensor, read_splits
 from flowkit.data.errors import DataError
 from flowkit.io import atomic_write_bytes
 
-__all__ = ["SHAPES_TRUNK_SEED", "shapes_trunk", "shapes_trunk_features", "extract_features"]
+if TYPE_CHECKING:
+    from flowkit.data.loading import CaptionData
+
+__all__ = [
+    "SHAPES_TRUNK_SEED",
+    "ShapesCOCO",
+    "extract_features",
+    "load_shapes_coco",
+    "shapes_trunk",
+    "shapes_trunk_features",
+    "shapes_trunk_reading",
+]
 
 #: The data seed of the trunk's training images (LNFMM's default data seed is 0; the
 #: judges' classifier uses 7919): disjoint images, as ImageNet is disjoint from COCO.
@@ -96,6 +108,41 @@ def shapes_trunk_features(seed: int = SHAPES_TRUNK_SEED, train_size: int = 3000,
         extract(torch.rand(2, 3, 64, 64)).shape  # torch.Size([2, 576])
     """
     return _TrunkFeatures(shapes_trunk(seed, train_size, progress=progress))
+
+
+class _TrunkReading:
+    r"""Maps ``(B, 3, 64, 64)`` images in [0, 1] to the trunk's read-out ``(B, 117)``."""
+
+    def __init__(self, trunk: AttributeClassifier) -> None:
+        self.trunk = trunk.eval()
+        self.key = "reading-" + _TrunkFeatures(trunk).key
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> Tensor:
+        from flowkit.data.renderer import reading_of_logits
+
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, 64, 64):
+            raise ValueError(f"shapes trunk readings need (B, 3, 64, 64) images, got {tuple(images.shape)}")
+        return reading_of_logits(self.trunk(images.float()))
+
+
+def shapes_trunk_reading(seed: int = SHAPES_TRUNK_SEED, train_size: int = 3000, progress: bool = False) -> Callable[[Tensor], Tensor]:
+    r"""A feature extractor for shapes images: :func:`shapes_trunk`'s read-out, 117 numbers.
+
+    Per grid cell, the probabilities of empty and of each shape, then of each colour and size
+    times the probability that the cell is occupied (:func:`flowkit.data.renderer.reading_of_logits`):
+    the analogue of VGG-16's class scores (fc8) where :func:`shapes_trunk_features` is fc7.
+    Text-to-image decodes readings, and :func:`flowkit.data.renderer.render_readings` draws
+    them. Returns a function with a ``key`` attribute, as :func:`shapes_trunk_features`.
+
+    Example (not run as a doctest: it trains the trunk, about 20 s, and caches it):
+
+    .. code-block:: python
+
+        extract = shapes_trunk_reading()
+        extract(torch.rand(2, 3, 64, 64)).shape  # torch.Size([2, 117])
+    """
+    return _TrunkReading(shapes_trunk(seed, train_size, progress=progress))
 
 
 def _image_paths(root: Path, split_scheme: str) -> tuple[list[int], list[Path]]:
@@ -166,3 +213,53 @@ def extract_features(
     np.savez(buf, ids=np.asarray(ids, np.int64), features=feats)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+class ShapesCOCO(NamedTuple):
+    r"""What :func:`load_shapes_coco` returns."""
+
+    data: CaptionData
+    root: Path
+    features: Path | None
+
+
+def load_shapes_coco(
+    image_input: str = "features",
+    sizes: Mapping[str, int] | None = None,
+    seed: int = 0,
+    trunk_train_size: int = 3000,
+    progress: bool = False,
+) -> ShapesCOCO:
+    r"""The embedded shapes data through the COCO path, as a recipe reads it.
+
+    The data are exported once in COCO format (:func:`flowkit.data.shapes.export_coco`, under
+    :func:`~flowkit.data.shapes.shapes_export_root`), then loaded with pycocotools as pixels,
+    or with image features extracted once by the pre-trained trunk.
+
+    Arguments:
+        image_input: ``"features"`` (:func:`shapes_trunk_features`, 576 per image),
+            ``"reading"`` (:func:`shapes_trunk_reading`, 117) or ``"pixels"``: a
+            :class:`~flowkit.models.lnfmm.recipes.Recipe`'s ``image_input``.
+        sizes: Images per split (default :data:`flowkit.data.shapes.DEFAULT_SIZES`).
+        seed: The data seed.
+        trunk_train_size: Training images of the trunk (smoke runs use a few hundred).
+        progress: Show progress bars.
+
+    Returns:
+        The data, the export's folder and the features file (None for pixels).
+    """
+    from flowkit.data.loading import load_caption_data
+    from flowkit.data.shapes import DEFAULT_SIZES, export_coco, shapes_export_root
+
+    extractors = {"features": shapes_trunk_features, "reading": shapes_trunk_reading}
+    if image_input not in (*extractors, "pixels"):
+        raise ValueError(f"image_input must be one of {(*extractors, 'pixels')}, got {image_input!r}")
+    sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
+    root = export_coco(shapes_export_root(sizes, seed), sizes=sizes, seed=seed, progress=progress)
+    path = None
+    if image_input in extractors:
+        extract = extractors[image_input](train_size=trunk_train_size, progress=progress)
+        name = "shapes_trunk" if image_input == "features" else "shapes_reading"
+        path = extract_features(root, extract, name=name, progress=progress)
+    data = load_caption_data("coco", root=root, features=path, split_scheme="coco", progress=progress)
+    return ShapesCOCO(data, root, path)

@@ -16,13 +16,13 @@ caption meanings reached), :mod:`flowkit.data.judges`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
+from torch import Tensor, nn
 
 from flowkit.data.grammar import Scene
 from flowkit.data.judges import caption_accuracy, caption_coverage
@@ -124,6 +124,7 @@ def image_frontier(
     judge: Any = None,
     seed: int = 0,
     progress: bool = False,
+    render: Callable[[Tensor], Tensor] | None = None,
 ) -> list[FrontierPoint]:
     r"""Text-to-image: judged accuracy and free-attribute spread at each prior temperature.
 
@@ -136,7 +137,8 @@ def image_frontier(
     a true image.
 
     Arguments:
-        model: A trained :class:`~flowkit.models.LNFMM` that generates pixels.
+        model: A trained :class:`~flowkit.models.LNFMM` that generates pixels, or features
+            that ``render`` draws.
         captions: Captions of the shapes grammar (e.g. the first caption of each test image).
         vocab: The model's vocabulary.
         temperatures: Prior temperatures.
@@ -144,6 +146,7 @@ def image_frontier(
         judge: The attribute classifier (default :func:`~flowkit.data.judges.get_attribute_classifier`).
         seed: The sampling seed.
         progress: Show progress bars.
+        render: Draws decoded features as images (:func:`flowkit.data.renderer.render_readings`).
     """
     from flowkit.data.judges import get_attribute_classifier
     from flowkit.evaluation.text_to_image import judge_generated_images, sample_images_for_captions
@@ -151,7 +154,7 @@ def image_frontier(
     judge = judge if judge is not None else get_attribute_classifier(progress=progress)
     points = []
     for t in temperatures:
-        images = sample_images_for_captions(model, captions, vocab, num_samples, t, seed=seed, progress=progress)
+        images = sample_images_for_captions(model, captions, vocab, num_samples, t, seed=seed, progress=progress, render=render)
         judged = judge_generated_images(images, captions, judge)
         points.append(
             FrontierPoint(f"T={t:g}", judged["accuracy"], judged["free_attribute_spread"], float(judged["captions_with_a_true_image"]))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,14 +70,16 @@ def sample_images_for_captions(
     batch_size: int = 16,
     seed: int | None = 0,
     progress: bool = False,
+    render: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     r"""Samples ``num_samples`` images per caption: (N, S, 3, H, W) in [0, 1].
 
     :math:`z_s = f_s^{-1}(\mu(z_s^t))`, :math:`z'_v \sim p(z'_v \mid z_s)`, then the image
-    decoder (:meth:`LNFMM.sample_images`). The model is put in eval mode.
+    decoder (:meth:`LNFMM.sample_images`). The model is put in eval mode. A model that
+    decodes features returns (N, S, F) features, or with ``render`` the images it draws.
 
     Arguments:
-        model: A trained :class:`~flowkit.models.LNFMM` with a pixel image decoder.
+        model: A trained :class:`~flowkit.models.LNFMM`.
         captions: The captions (strings).
         vocab: The model's vocabulary.
         num_samples: Images per caption.
@@ -85,6 +87,8 @@ def sample_images_for_captions(
         batch_size: Captions per model call.
         seed: Seeds the sampling in a forked RNG; None uses the global RNG.
         progress: Show a progress bar.
+        render: Draws decoded features ``(N, S, F)`` as images ``(N, S, 3, H, W)`` (e.g.
+            :func:`flowkit.data.renderer.render_readings` for the text-to-image recipe).
 
     Example:
         >>> from flowkit.data import load_caption_data
@@ -104,7 +108,8 @@ def sample_images_for_captions(
             torch.manual_seed(seed)
         for b0 in tqdm(range(0, len(ids), batch_size), desc=f"images x{num_samples}", disable=not progress):
             outs.append(model.sample_images(ids[b0 : b0 + batch_size].to(device), num_samples, temperature=temperature).cpu())
-    return torch.cat(outs)
+    samples = torch.cat(outs)
+    return samples if render is None else render(samples)
 
 
 def _ivom(

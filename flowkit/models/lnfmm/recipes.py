@@ -31,6 +31,7 @@ __all__ = [
     "cvae_baseline",
     "text_to_image_recipe",
     "text_to_image_baseline",
+    "text_to_image_pixels_recipe",
     "RECIPES",
     "choose_decoding",
 ]
@@ -46,7 +47,10 @@ class Recipe:
             :func:`flowkit.training.train`).
         steps: Training steps of the budget it was tuned at.
         batch_size: Pairs per step.
-        image_input: ``"features"`` (pre-extracted, the paper's route) or ``"pixels"``.
+        image_input: What the model reads of an image: ``"features"`` (the shapes trunk's cell
+            features, pre-extracted: the paper's route), ``"reading"`` (the trunk's read-out,
+            pre-extracted, drawn back by :func:`flowkit.data.renderer.render_readings`) or
+            ``"pixels"`` (:func:`flowkit.data.features.load_shapes_coco` loads each).
         validate_every: Steps between validation rows of the learning curve.
         lr_schedule: The engine's learning-rate schedule (``TrainSettings.lr_schedule``).
         decoding: How each sampled latent becomes a caption: keyword arguments of
@@ -134,7 +138,11 @@ def cvae_baseline(**overrides: Any) -> Recipe:
 
 
 def text_to_image_recipe(**overrides: Any) -> Recipe:
-    r"""Diverse text-to-image on pixels (:meth:`LNFMMConfig.text_to_image`).
+    r"""Diverse text-to-image through the trunk's reading (:meth:`LNFMMConfig.text_to_image`).
+
+    LNFMM decodes a caption into the pre-trained shapes trunk's per-cell reading, and the cell
+    renderer pre-trained on another data seed draws it (``docs/lnfmm.md``, "Text-to-image
+    through the trunk's reading").
 
     Arguments:
         overrides: Config fields to change.
@@ -142,10 +150,31 @@ def text_to_image_recipe(**overrides: Any) -> Recipe:
     Example:
         >>> r = text_to_image_recipe()
         >>> r.config.image_encoder.kind, r.image_input
+        ('features', 'reading')
+    """
+    return Recipe(
+        "text_to_image", LNFMMConfig.text_to_image(**overrides), steps=2000, batch_size=32, image_input="reading", lr_schedule="cosine"
+    )
+
+
+def text_to_image_pixels_recipe(**overrides: Any) -> Recipe:
+    r"""Text-to-image end to end on pixels (:meth:`LNFMMConfig.text_to_image_pixels`).
+
+    Arguments:
+        overrides: Config fields to change.
+
+    Example:
+        >>> r = text_to_image_pixels_recipe()
+        >>> r.config.image_encoder.kind, r.image_input
         ('cells', 'pixels')
     """
     return Recipe(
-        "text_to_image", LNFMMConfig.text_to_image(**overrides), steps=1500, batch_size=32, image_input="pixels", lr_schedule="cosine"
+        "text_to_image_pixels",
+        LNFMMConfig.text_to_image_pixels(**overrides),
+        steps=1500,
+        batch_size=32,
+        image_input="pixels",
+        lr_schedule="cosine",
     )
 
 
@@ -188,4 +217,5 @@ RECIPES = {
     "cvae": cvae_baseline,
     "text_to_image": text_to_image_recipe,
     "text_to_image_deterministic": text_to_image_baseline,
+    "text_to_image_pixels": text_to_image_pixels_recipe,
 }

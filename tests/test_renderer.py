@@ -1,0 +1,142 @@
+"""The shapes trunk's reading and the cell renderer that draws it (text-to-image through features)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flowkit.data import features
+from flowkit.data.classifier import AttributeClassifier, ClassifierConfig, get_attribute_classifier
+from flowkit.data.features import _TrunkFeatures, _TrunkReading, load_shapes_coco
+from flowkit.data.renderer import (
+    CELL_READING,
+    READING_DIM,
+    CellRenderer,
+    RendererConfig,
+    discretize_reading,
+    get_cell_renderer,
+    object_offsets,
+    reading_of_logits,
+    render_readings,
+)
+
+
+def _empty(batch: int = 1) -> torch.Tensor:
+    r = torch.zeros(batch, READING_DIM)
+    r[:, 0::CELL_READING] = 1.0
+    return r
+
+
+def _cells(r: torch.Tensor) -> torch.Tensor:
+    return r.view(len(r), 9, CELL_READING)
+
+
+def test_reading_of_logits_is_probabilities_scaled_by_occupancy():
+    torch.manual_seed(0)
+    r = _cells(reading_of_logits(torch.randn(4, 9, 13)))
+    occupied = 1 - r[..., 0]
+    torch.testing.assert_close(r[..., :5].sum(-1), torch.ones(4, 9))
+    torch.testing.assert_close(r[..., 5:11].sum(-1), occupied)
+    torch.testing.assert_close(r[..., 11:].sum(-1), occupied)
+
+
+def test_discretize_counts_objects_by_the_summed_occupancy():
+    r = _empty(3)
+    c = _cells(r)
+    c[0, 4, 0] = 0.2  # one confident object in the centre
+    c[1, [0, 1, 2], 0] = 0.67  # one object, unsure in which top cell: 3 x 0.33 -> 1 object
+    c[1, 1, 0] = 0.6
+    c[2, [3, 8], 0] = 0.2  # two objects (0.8 + 0.8)
+    c[:, :, 1 + 2] = 0.4  # shape 3 (star) everywhere it is read
+    c[:, :, 5 + 4] = 0.9  # colour 4
+    c[:, :, 12] = 0.5  # size 1
+    d = _cells(discretize_reading(r))
+    assert (1 - d[..., 0]).sum(1).tolist() == [1.0, 1.0, 2.0]
+    assert d[0, 4, 0] == 0 and d[1, 1, 0] == 0 and d[2, 3, 0] == d[2, 8, 0] == 0
+    occupied = d[..., 0] == 0
+    assert (d[occupied][:, 3] == 1).all() and (d[occupied][:, 9] == 1).all() and (d[occupied][:, 12] == 1).all()
+    assert (d[~occupied][:, 1:] == 0).all()  # empty cells: no colour, no size
+    assert ((d[..., :5].sum(-1)) == 1).all()
+    # at least one object, at most two
+    assert (1 - _cells(discretize_reading(_empty()))[..., 0]).sum() == 1
+    assert (1 - _cells(discretize_reading(torch.zeros(1, READING_DIM)))[..., 0]).sum() == 2
+    with pytest.raises(ValueError, match="readings must be"):
+        discretize_reading(torch.zeros(2, 100))
+
+
+def test_renderer_draws_only_the_background_for_empty_cells_and_trains():
+    torch.manual_seed(0)
+    g = CellRenderer(width=4)
+    blank = g(_empty(2))
+    assert blank.shape == (2, 3, 64, 64)
+    torch.testing.assert_close(blank, torch.sigmoid(g.background).view(1, 3, 1, 1).expand_as(blank))
+    r = _empty(2)
+    _cells(r)[:, 4, 0], _cells(r)[:, 4, 1], _cells(r)[:, 4, 5], _cells(r)[:, 4, 11] = 0.0, 1.0, 1.0, 1.0
+    drawn = g(r)
+    assert 0 <= drawn.min() and drawn.max() <= 1
+    assert not torch.allclose(drawn, blank) and torch.allclose(drawn[..., :16, :16], blank[..., :16, :16])  # only the centre
+    drawn.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in g.embed.parameters())
+    torch.testing.assert_close(g(r), g.compose(*g.layers(r, torch.zeros(2, 9, 2))))
+
+
+def test_object_offsets_find_the_object_in_its_cell():
+    x = torch.full((2, 3, 64, 64), 0.5)
+    x[0, 0, 9:13, 15:19] = 1.0  # top-left crop (image rows/cols -1..22, centre 10.5): right of centre
+    x[1, 2, 40:44, 47:51] = 1.0  # bottom-right crop (41..64, centre 52.5): up and left
+    o = object_offsets(x)
+    torch.testing.assert_close(o[0, 0], torch.tensor([0.0, 0.5]))
+    torch.testing.assert_close(o[1, 8], torch.tensor([-10.5, -4.0]) / 12)
+    assert (o[0, 1:] == 0).all()
+
+
+def test_render_readings_keeps_leading_dims_and_checks_input():
+    g = CellRenderer(width=4).eval()
+    assert render_readings(torch.rand(2, 3, READING_DIM), g).shape == (2, 3, 3, 64, 64)
+    assert render_readings(torch.rand(0, READING_DIM), g).shape == (0, 3, 64, 64)
+    with pytest.raises(ValueError, match="117"):
+        render_readings(torch.rand(2, 576), g)
+
+
+@pytest.fixture
+def small_trunk(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLOWKIT_CACHE", str(tmp_path))
+    trunk = get_attribute_classifier(ClassifierConfig(seed=features.SHAPES_TRUNK_SEED, train_size=32, test_size=8, epochs=1), cache=False)
+    monkeypatch.setattr(features, "shapes_trunk", lambda *a, **k: trunk)
+    return trunk
+
+
+def test_get_cell_renderer_trains_once_then_loads_from_the_cache(small_trunk, tmp_path, monkeypatch):
+    cfg = RendererConfig(steps=3, batch_size=4, width=4, train_size=16, offsets=True)
+    g = get_cell_renderer(cfg)
+    assert set(g.metrics) == {"scene", "train_seconds"} and 0 <= g.metrics["scene"] <= 1
+    assert len(list(tmp_path.glob("cell_renderer-*.pt"))) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr("flowkit.data.renderer.train_cell_renderer", no_training)
+    again = get_cell_renderer(cfg)
+    r = discretize_reading(torch.rand(3, READING_DIM))
+    torch.testing.assert_close(again(r), g(r))
+    assert again.metrics == g.metrics
+
+
+def test_trunk_reading_extractor():
+    torch.manual_seed(0)
+    trunk = AttributeClassifier()
+    extract = _TrunkReading(trunk)
+    out = extract(torch.rand(3, 3, 64, 64))
+    assert out.shape == (3, READING_DIM) and torch.isfinite(out).all()
+    assert extract.key != _TrunkFeatures(trunk).key  # its own features file
+    with pytest.raises(ValueError, match="64, 64"):
+        extract(torch.rand(3, 3, 32, 32))
+
+
+def test_load_shapes_coco_routes(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWKIT_CACHE", str(tmp_path))
+    sizes = {"train": 6, "val": 2, "test": 2}
+    pixels = load_shapes_coco("pixels", sizes, seed=1)
+    assert pixels.features is None and pixels.data.image_kind == "pixels" and (pixels.root / "annotations").is_dir()
+    with pytest.raises(ValueError, match="image_input must be one of"):
+        load_shapes_coco("fc7", sizes, seed=1)
