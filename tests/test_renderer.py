@@ -15,7 +15,6 @@ from flowkit.data.renderer import (
     RendererConfig,
     discretize_reading,
     get_cell_renderer,
-    object_offsets,
     reading_of_logits,
     render_readings,
 )
@@ -77,17 +76,7 @@ def test_renderer_draws_only_the_background_for_empty_cells_and_trains():
     assert not torch.allclose(drawn, blank) and torch.allclose(drawn[..., :16, :16], blank[..., :16, :16])  # only the centre
     drawn.sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in g.embed.parameters())
-    torch.testing.assert_close(g(r), g.compose(*g.layers(r, torch.zeros(2, 9, 2))))
-
-
-def test_object_offsets_find_the_object_in_its_cell():
-    x = torch.full((2, 3, 64, 64), 0.5)
-    x[0, 0, 9:13, 15:19] = 1.0  # top-left crop (image rows/cols -1..22, centre 10.5): right of centre
-    x[1, 2, 40:44, 47:51] = 1.0  # bottom-right crop (41..64, centre 52.5): up and left
-    o = object_offsets(x)
-    torch.testing.assert_close(o[0, 0], torch.tensor([0.0, 0.5]))
-    torch.testing.assert_close(o[1, 8], torch.tensor([-10.5, -4.0]) / 12)
-    assert (o[0, 1:] == 0).all()
+    torch.testing.assert_close(g(r), g.compose(*g.layers(r)))
 
 
 def test_render_readings_keeps_leading_dims_and_checks_input():
@@ -107,7 +96,7 @@ def small_trunk(monkeypatch, tmp_path):
 
 
 def test_get_cell_renderer_trains_once_then_loads_from_the_cache(small_trunk, tmp_path, monkeypatch):
-    cfg = RendererConfig(steps=3, batch_size=4, width=4, train_size=16, offsets=True)
+    cfg = RendererConfig(steps=3, batch_size=4, width=4, train_size=16)
     g = get_cell_renderer(cfg)
     assert set(g.metrics) == {"scene", "train_seconds"} and 0 <= g.metrics["scene"] <= 1
     assert len(list(tmp_path.glob("cell_renderer-*.pt"))) == 1

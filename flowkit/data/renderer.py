@@ -41,7 +41,6 @@ __all__ = [
     "ReadingReader",
     "RendererConfig",
     "discretize_reading",
-    "object_offsets",
     "get_cell_renderer",
     "reading_of_logits",
     "render_readings",
@@ -152,7 +151,7 @@ class CellRenderer(nn.Module):
         super().__init__()
         self.width = width
         w = width
-        self.embed = nn.Sequential(nn.Linear(CELL_READING + 2, 128), nn.ReLU(), nn.Linear(128, 4 * w * 6 * 6), nn.ReLU())
+        self.embed = nn.Sequential(nn.Linear(CELL_READING, 128), nn.ReLU(), nn.Linear(128, 4 * w * 6 * 6), nn.ReLU())
         self.up = nn.Sequential(
             nn.Upsample(scale_factor=2),
             nn.Conv2d(4 * w, 2 * w, 3, padding=1),
@@ -166,19 +165,12 @@ class CellRenderer(nn.Module):
         )
         self.background = nn.Parameter(torch.zeros(3))
 
-    def layers(self, reading: Tensor, offsets: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        r"""Each cell's colour ``(B, 9, 3, 24, 24)`` and alpha ``(B, 9, 1, 24, 24)``, in [0, 1].
-
-        ``offsets`` ``(B, 9, 2)``: where each object lies in its crop (:func:`object_offsets`);
-        given in training, so that the jitter of the data does not blur what is drawn, and 0
-        (the centre) when drawing.
-        """
+    def layers(self, reading: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Each cell's colour ``(B, 9, 3, 24, 24)`` and alpha ``(B, 9, 1, 24, 24)``, in [0, 1]."""
         b = len(reading)
         cells = reading.reshape(b, _CELLS, CELL_READING)
-        offsets = cells.new_zeros(b, _CELLS, 2) if offsets is None else offsets
         occupied = cells[..., 0] < 0.5
-        inputs = torch.cat([cells, offsets], -1)[occupied]
-        patches = self.up(self.embed(inputs).view(-1, 4 * self.width, 6, 6))
+        patches = self.up(self.embed(cells[occupied]).view(-1, 4 * self.width, 6, 6))
         layers = patches.new_zeros(b, _CELLS, 4, _PATCH, _PATCH)
         layers[:, :, 3] = -30.0  # alpha ~ 0 where nothing is drawn
         layers = layers.index_put(tuple(occupied.nonzero().t()), patches)
@@ -208,11 +200,6 @@ class RendererConfig:
         lr: The learning rate.
         width: :class:`CellRenderer`'s width.
         perceptual: Weight of the trunk-feature term beside the L1 error.
-        alpha_penalty: Weight of the mean alpha of the occupied cells' patches: what the
-            renderer draws beyond the object costs, so patches do not show as boxes.
-        offsets: Tell the renderer where each object lies in its cell in training
-            (:func:`object_offsets`), so it learns sharp objects at the centre rather than
-            objects blurred over the data's jitter.
         seed: Data seed of the training images (the trunk's) and of the initialization.
         train_size: Training images.
         trunk_train_size: Training images of the trunk whose readings it draws
@@ -223,9 +210,7 @@ class RendererConfig:
     batch_size: int = 32
     lr: float = 2e-3
     width: int = 32
-    perceptual: float = 1.0
-    alpha_penalty: float = 0.0
-    offsets: bool = False
+    perceptual: float = 0.3
     seed: int = 7
     train_size: int = 3000
     trunk_train_size: int = 3000
@@ -243,27 +228,6 @@ def _trunk_reading(trunk: AttributeClassifier, images: Tensor) -> Tensor:
 
 def _cell_features(body: nn.Module, images: Tensor) -> Tensor:
     return body(cell_crops(images).flatten(0, 1)).reshape(len(images), -1)
-
-
-def object_offsets(images: Tensor) -> Tensor:
-    r"""Where the object of each cell lies in its 24x24 crop: the centroid of the saturated
-    pixels (the objects' colours are saturated, the background is not), relative to the crop's
-    centre and divided by 12, ``(B, 9, 2)`` (row, column); 0 where nothing is saturated.
-
-    Example:
-        >>> x = torch.full((1, 3, 64, 64), 0.5)
-        >>> x[0, 0, 9:13, 15:19] = 1.0  # a red blob right of the top-left cell's centre
-        >>> object_offsets(x)[0, 0].tolist()
-        [0.0, 0.5]
-    """
-    crops = cell_crops(images)
-    saturation = crops.amax(2) - crops.amin(2)
-    weight = (saturation - 0.25).clamp_min(0.0)
-    grid = torch.arange(_PATCH, dtype=images.dtype) - (_PATCH - 1) / 2
-    mass = weight.sum((2, 3)).clamp_min(1e-6)
-    rows = (weight.sum(3) * grid).sum(2) / mass
-    cols = (weight.sum(2) * grid).sum(2) / mass
-    return torch.stack([rows, cols], -1) / (_PATCH / 2)
 
 
 def train_cell_renderer(config: RendererConfig | None = None, progress: bool = False) -> CellRenderer:
@@ -290,7 +254,6 @@ def train_cell_renderer(config: RendererConfig | None = None, progress: bool = F
     body = trunk.net[:-1]
     images = ShapesCaptions("train", cfg.train_size, cfg.seed, captions_per_image=1).images().float()
     readings = _trunk_reading(trunk, images)
-    offsets = object_offsets(images) if cfg.offsets else torch.zeros(len(images), _CELLS, 2)
     with torch.no_grad():
         target = torch.cat([_cell_features(body, images[i : i + 256]) for i in range(0, len(images), 256)])
     scale = target.std(0) + 1e-3
@@ -302,9 +265,8 @@ def train_cell_renderer(config: RendererConfig | None = None, progress: bool = F
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1))
     for _ in tqdm(range(cfg.steps), desc="cell renderer", disable=not progress):
         idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)
-        rgb, alpha = renderer.layers(readings[idx], offsets[idx])
-        drawn = renderer.compose(rgb, alpha)
-        loss = F.l1_loss(drawn, images[idx]) + cfg.alpha_penalty * alpha.sum() / (1.0 - readings[idx, 0::CELL_READING]).sum() / _PATCH**2
+        drawn = renderer(readings[idx])
+        loss = F.l1_loss(drawn, images[idx])
         if cfg.perceptual > 0:
             loss = loss + cfg.perceptual * ((_cell_features(body, drawn) - target[idx]) / scale).square().mean()
         opt.zero_grad(set_to_none=True)
