@@ -152,8 +152,10 @@ def text_to_image_recipe(**overrides: Any) -> Recipe:
         >>> r.config.image_encoder.kind, r.image_input
         ('features', 'reading')
     """
+    # 4,000 steps: decoded readings of prior samples on validation 0.62 -> 0.71 true at T = 1
+    # against 2,000 (docs/lnfmm.md)
     return Recipe(
-        "text_to_image", LNFMMConfig.text_to_image(**overrides), steps=2000, batch_size=32, image_input="reading", lr_schedule="cosine"
+        "text_to_image", LNFMMConfig.text_to_image(**overrides), steps=4000, batch_size=32, image_input="reading", lr_schedule="cosine"
     )
 
 
