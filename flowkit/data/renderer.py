@@ -206,7 +206,7 @@ class RendererConfig:
             (:func:`flowkit.data.features.shapes_trunk`; smoke runs use a few hundred).
     """
 
-    steps: int = 1000
+    steps: int = 500
     batch_size: int = 32
     lr: float = 2e-3
     width: int = 32
