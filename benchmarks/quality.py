@@ -47,7 +47,6 @@ import platform
 import sys
 import time
 import warnings
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +56,15 @@ import torch
 from flowkit.data import load_caption_data
 from flowkit.data.features import extract_features, load_shapes_coco, shapes_trunk_features
 from flowkit.data.judges import get_attribute_classifier
-from flowkit.data.renderer import get_cell_renderer, render_readings
 from flowkit.data.shapes import export_coco, shapes_export_root
-from flowkit.evaluation import evaluate_captioning, evaluate_text_to_image, probe_image_codes, scenes_from_export, to_jsonable
+from flowkit.evaluation import (
+    evaluate_captioning,
+    evaluate_text_to_image,
+    image_drawer,
+    probe_image_codes,
+    scenes_from_export,
+    to_jsonable,
+)
 from flowkit.evaluation.frontier import FrontierPoint, caption_frontier, captioner_settings, image_frontier, lnfmm_settings, plot_frontier
 from flowkit.models import LNFMMConfig
 from flowkit.models.lnfmm.recipes import RECIPES
@@ -297,7 +302,6 @@ def train_image_frontier(args: argparse.Namespace, progress: bool) -> dict[str, 
         data = load_shapes_coco(recipe.image_input, sizes, args.data_seed, progress=progress).data
         n = min(args.t2i_captions, len(data.test))
         captions = [data.references["test"][int(data.test[i]["image_id"])][0] for i in range(n)]
-        render = partial(render_readings, renderer=get_cell_renderer(progress=progress)) if recipe.image_input == "reading" else None
         curves[name] = []
         for seed in args.seeds:
             t0 = time.perf_counter()
@@ -310,6 +314,7 @@ def train_image_frontier(args: argparse.Namespace, progress: bool) -> dict[str, 
                 meta={"preset": recipe.name},
             )
             model = trainer.module.cpu().eval()
+            render = image_drawer(model, progress=progress)
             points = image_frontier(model, captions, data.vocab, num_samples=args.t2i_samples, judge=judge, seed=seed, render=render)
             curves[name].append(points)
             print(

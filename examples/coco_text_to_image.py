@@ -38,8 +38,6 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +46,9 @@ import torch
 from flowkit.data import CaptionData, Vocabulary
 from flowkit.data.features import load_shapes_coco
 from flowkit.data.judges import ClassifierConfig, free_attribute_spread, get_attribute_classifier, image_caption_accuracy
-from flowkit.data.renderer import READING_DIM, RendererConfig, get_cell_renderer, render_readings
+from flowkit.data.renderer import RendererConfig, get_cell_renderer
 from flowkit.data.shapes import DEFAULT_SIZES
-from flowkit.evaluation import load_model, plot_image_grid, sample_images_for_captions
+from flowkit.evaluation import image_drawer, load_model, plot_image_grid, sample_images_for_captions
 from flowkit.evaluation.frontier import image_frontier
 from flowkit.io import atomic_write_json
 from flowkit.models.lnfmm.recipes import Recipe, text_to_image_pixels_recipe, text_to_image_recipe
@@ -109,18 +107,6 @@ def train_model(args: argparse.Namespace, recipe: Recipe, data: CaptionData, out
     return trainer.module.cpu().eval()
 
 
-def renderer_of(model: torch.nn.Module, args: argparse.Namespace) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    r"""None for a pixel model; for a model of the trunk's reading, the cell renderer that draws it."""
-    if model.config.pixels:
-        return None
-    if model.config.image_encoder.feature_dim != READING_DIM:
-        raise SystemExit(
-            f"this model decodes {model.config.image_encoder.feature_dim} image features, not the trunk's {READING_DIM}-number "
-            "reading the renderer draws; train the text-to-image recipe (no --checkpoint)"
-        )
-    return partial(render_readings, renderer=get_cell_renderer(TINY_RENDERER if args.tiny else None, progress=not args.no_progress))
-
-
 def judge_captions(
     model: torch.nn.Module, captions: list[str], vocab: Vocabulary, judge: Any, args: argparse.Namespace, render: Any
 ) -> dict[str, Any]:
@@ -165,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         data = load_data(args, recipe)
         model, vocab = train_model(args, recipe, data, out), data.vocab
         print(f"[train] done in {time.perf_counter() - start:.0f}s -> {out / 'run'}")
-    render = renderer_of(model, args)
+    try:
+        tiny = get_cell_renderer(TINY_RENDERER) if args.tiny and not model.config.pixels else None
+        render = image_drawer(model, tiny, progress=not args.no_progress)
+    except ValueError as e:
+        raise SystemExit(f"{e} (no --checkpoint trains it)") from None
 
     judge = get_attribute_classifier(
         ClassifierConfig(train_size=256, test_size=64, epochs=1) if args.tiny else None, progress=not args.no_progress

@@ -129,3 +129,15 @@ def test_load_shapes_coco_routes(tmp_path, monkeypatch):
     assert pixels.features is None and pixels.data.image_kind == "pixels" and (pixels.root / "annotations").is_dir()
     with pytest.raises(ValueError, match="image_input must be one of"):
         load_shapes_coco("fc7", sizes, seed=1)
+
+
+def test_image_drawer_draws_readings_and_refuses_other_features():
+    from flowkit.evaluation import image_drawer
+    from flowkit.models import LNFMM, LNFMMConfig
+
+    sizes = dict(vocab_size=20, shared_dim=4, image_specific_dim=2, text_specific_dim=2, fv_layers=2, fv_hidden=8, ft_layers=2, ft_hidden=8)
+    reading_model = LNFMM(LNFMMConfig.text_to_image(**sizes))
+    draw = image_drawer(reading_model, renderer=CellRenderer(width=4))
+    assert draw is not None and draw(torch.rand(2, 3, READING_DIM)).shape == (2, 3, 3, 64, 64)
+    with pytest.raises(ValueError, match="not the shapes trunk's 117-number reading"):
+        image_drawer(LNFMM(LNFMMConfig.captioning(image_feature_dim=10, **sizes)))

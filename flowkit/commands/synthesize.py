@@ -39,7 +39,8 @@ z_s = f_s^-1(mu(z_s^t)) from the caption's shared code, z'_v ~ p(z'_v|z_s) at th
 temperature, then the image decoder. Saves a PNG grid with one row per caption (and, with
 --save-tensor, the images as a .pt tensor of shape (captions, samples, 3, H, W) in [0, 1]).
 Words outside the run's vocabulary become <unk> (a warning names them). Needs a model that
-generates pixels (not a 'features' model).
+generates pixels, or one of the shapes trunk's reading (the text-to-image recipe), whose
+samples the pre-trained cell renderer draws.
 """
 
 EPILOG = """\
@@ -76,13 +77,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from flowkit.data import Vocabulary, tokenize
-    from flowkit.evaluation import load_model, plot_image_grid, sample_images_for_captions
+    from flowkit.evaluation import image_drawer, load_model, plot_image_grid, sample_images_for_captions
     from flowkit.io import atomic_write
 
     out, tensor_out = _outputs(args)
     model, ckpt = load_model(args.checkpoint, device=args.device)
-    if not model.config.pixels:
-        raise ValueError("this run's model works on image features (image_encoder='features'); it cannot draw images")
+    render = image_drawer(model)
     if ckpt.get("vocab") is None:
         raise ValueError(f"checkpoint '{args.checkpoint}' holds no vocabulary ('vocab'); it was not written by flowkit train")
     vocab = Vocabulary.from_dict(dict(ckpt["vocab"]))
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted({w for c in captions for w in tokenize(c) if w not in vocab})
     if unknown:
         print(f"warning: words outside the vocabulary become <unk>: {', '.join(unknown)}", file=sys.stderr)
-    images = sample_images_for_captions(model, captions, vocab, args.num_samples, args.temperature, seed=args.seed)
+    images = sample_images_for_captions(model, captions, vocab, args.num_samples, args.temperature, seed=args.seed, render=render)
     plot_image_grid(captions, images, out, max_samples=args.num_samples)
     print(f"wrote {len(captions)} x {args.num_samples} images to {out}")
     if tensor_out is not None:

@@ -34,6 +34,7 @@ __all__ = [
     "judge_generated_images",
     "sample_images_for_captions",
     "encode_captions_text",
+    "image_drawer",
     "shapes_grammar",
     "ImageSamples",
     "sample_text_to_image",
@@ -192,6 +193,37 @@ def judge_generated_images(images: Tensor, captions: Sequence[str], classifier: 
         "captions_with_a_true_image": len(means),
         "per_caption": spreads,
     }
+
+
+def image_drawer(model: nn.Module, renderer: nn.Module | None = None, progress: bool = False) -> Callable[[Tensor], Tensor] | None:
+    r"""How a model's samples become images: None for a model that decodes pixels; for a model
+    of the shapes trunk's reading (the text-to-image recipe) :func:`flowkit.data.renderer.render_readings`
+    with ``renderer`` (default :func:`~flowkit.data.renderer.get_cell_renderer`, trained once and
+    cached). Other feature models cannot be drawn (ValueError).
+
+    Arguments:
+        model: A :class:`~flowkit.models.LNFMM`.
+        renderer: The cell renderer to draw readings with.
+        progress: Show a progress bar if the default renderer is trained.
+
+    Example:
+        >>> from flowkit.models import LNFMM, LNFMMConfig
+        >>> image_drawer(LNFMM(LNFMMConfig.small(vocab_size=20, image_encoder_init="random", freeze_image_trunk=False))) is None
+        True
+    """
+    from functools import partial
+
+    from flowkit.data.renderer import READING_DIM, get_cell_renderer, render_readings
+
+    cfg = model.config
+    if cfg.pixels:
+        return None
+    if cfg.image_encoder.feature_dim != READING_DIM:
+        raise ValueError(
+            f"this model decodes {cfg.image_encoder.feature_dim} image features, not the shapes trunk's {READING_DIM}-number "
+            "reading that the cell renderer draws; train the text-to-image recipe (text_to_image_recipe) or a pixel model"
+        )
+    return partial(render_readings, renderer=renderer if renderer is not None else get_cell_renderer(progress=progress))
 
 
 def _needs_pixels(model: nn.Module) -> None:
