@@ -164,6 +164,7 @@ class CellRenderer(nn.Module):
             nn.Conv2d(w, 4, 3, padding=1),
         )
         self.background = nn.Parameter(torch.zeros(3))
+        self.metrics: dict[str, float] = {}  # filled by train_cell_renderer / get_cell_renderer
 
     def layers(self, reading: Tensor) -> tuple[Tensor, Tensor]:
         r"""Each cell's colour ``(B, 9, 3, 24, 24)`` and alpha ``(B, 9, 1, 24, 24)``, in [0, 1]."""
