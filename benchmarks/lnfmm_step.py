@@ -310,9 +310,8 @@ def _trained_paper_model(steps: int, test_images: int):
     r"""``LNFMMConfig.paper()`` (vocabulary 10,324, captions of 20) trained for ``steps`` on the
     embedded data's shapes-trunk features, the main job's route; the run folder is cached
     (``$FLOWKIT_CACHE/bench``), so a second call only loads it. Returns ``(model, data)``."""
-    from flowkit.data import load_caption_data
-    from flowkit.data.features import extract_features, shapes_trunk_features
-    from flowkit.data.shapes import DEFAULT_SIZES, export_coco, shapes_export_root
+    from flowkit.data.features import load_shapes_coco
+    from flowkit.data.shapes import DEFAULT_SIZES
     from flowkit.evaluation import load_model
     from flowkit.io import cache_dir
     from flowkit.models import LNFMM, LNFMMConfig
@@ -320,9 +319,7 @@ def _trained_paper_model(steps: int, test_images: int):
     from flowkit.training import Trainer, TrainSettings, seed_everything
 
     sizes = {**DEFAULT_SIZES, "test": test_images}
-    root = export_coco(shapes_export_root(sizes, 0), sizes=sizes, seed=0)
-    features = extract_features(root, shapes_trunk_features(), name="shapes_trunk")
-    data = load_caption_data("coco", root=root, features=features, split_scheme="coco", progress=False)
+    data = load_shapes_coco("features", sizes, seed=0).data
     run = cache_dir() / "bench" / f"paper_trained_{steps}"
     if (run / "checkpoint.pt").exists():
         model, state = load_model(run)

@@ -54,9 +54,8 @@ import numpy as np
 import torch
 
 from flowkit.data import load_caption_data
-from flowkit.data.features import extract_features, load_shapes_coco, shapes_trunk_features
+from flowkit.data.features import load_shapes_coco
 from flowkit.data.judges import get_attribute_classifier
-from flowkit.data.shapes import export_coco, shapes_export_root
 from flowkit.evaluation import (
     evaluate_captioning,
     evaluate_text_to_image,
@@ -207,10 +206,8 @@ T2I_RECIPES = {"t2i": "text_to_image", "t2i-deterministic": "text_to_image_deter
 
 def frontier_data(args: argparse.Namespace, progress: bool) -> tuple[Any, dict[int, Any]]:
     r"""The main job's data route: the shapes export, shapes-trunk features, the COCO loader."""
-    root = shapes_export_root({"train": args.train_images, "val": 200, "test": 200}, args.data_seed)
-    export_coco(root, sizes={"train": args.train_images, "val": 200, "test": 200}, seed=args.data_seed, progress=progress)
-    features = extract_features(root, shapes_trunk_features(progress=progress), name="shapes_trunk", progress=progress)
-    data = load_caption_data("coco", root=root, features=features, split_scheme="coco", progress=progress)
+    sizes = {"train": args.train_images, "val": 200, "test": 200}
+    data, root, _ = load_shapes_coco("features", sizes, args.data_seed, progress=progress)
     scenes = scenes_from_export(root)
     assert scenes is not None
     return data, scenes

@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from flowkit.data import load_caption_data
 from flowkit.data.classifier import cell_crops
 from flowkit.data.coco import load_image, pil_to_tensor, read_splits
-from flowkit.data.features import SHAPES_TRUNK_SEED, extract_features, shapes_trunk_features
+from flowkit.data.features import SHAPES_TRUNK_SEED, load_shapes_coco, shapes_trunk_features
 from flowkit.data.judges import get_attribute_classifier, image_caption_accuracy
-from flowkit.data.shapes import DEFAULT_SIZES, export_coco, shapes_export_root
+from flowkit.data.shapes import DEFAULT_SIZES
 from flowkit.evaluation import sample_images_for_captions
 from flowkit.models.lnfmm.decoders import Generator64
 from flowkit.models.lnfmm.recipes import captioning_recipe
@@ -145,9 +145,7 @@ def lnfmm_in_features(
 ) -> dict[str, Any]:
     r"""Trains LNFMM on the main job's features to decode features from captions; judges rendered
     samples, and with ``second_steps`` also through a renderer fitted to LNFMM's decoded features."""
-    root = export_coco(shapes_export_root(DEFAULT_SIZES, 0), sizes=DEFAULT_SIZES, seed=0)
-    features = extract_features(root, shapes_trunk_features(), name="shapes_trunk")
-    data = load_caption_data("coco", root=root, features=features, split_scheme="coco", progress=False)
+    data, root, _ = load_shapes_coco("features", DEFAULT_SIZES, seed=0)
     recipe = captioning_recipe()
     config = recipe.config.replace(**FEATURE_T2I).replace(**overrides)
     settings = TrainSettings(**{**recipe.settings(), "validate_every": 0, "steps": steps or recipe.steps}, seed=seed, progress=False)

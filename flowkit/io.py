@@ -29,8 +29,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import glob
+import hashlib
 import json
 import os
 import pickle
@@ -40,7 +42,7 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import torch
 
@@ -275,6 +277,59 @@ def read_cache(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 # -- checkpoints -------------------------------------------------------------------------------
 
 _PLAIN = (str, int, float, bool, complex, bytes, type(None), torch.dtype, torch.device, torch.Size)
+
+
+def settings_key(settings: Any, version: int = 1) -> str:
+    r"""A short hash of a settings dataclass and a version, to name a cache file: other
+    settings, or another version of the code that reads them, never read a stale file.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass
+        ... class Settings:
+        ...     steps: int = 10
+        >>> settings_key(Settings()) == settings_key(Settings(steps=10)) != settings_key(Settings(steps=11))
+        True
+    """
+    blob = json.dumps({"v": version, **dataclasses.asdict(settings)}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_Trained = TypeVar("_Trained", bound=torch.nn.Module)
+
+
+def cached_trained(
+    path: str | os.PathLike[str],
+    settings: Any,
+    build: Callable[[Mapping[str, Any]], _Trained],
+    train: Callable[[], _Trained],
+    cache: bool = True,
+) -> _Trained:
+    r"""A trained network that carries a ``metrics`` dict: read from the cache file ``path``,
+    or trained by ``train()`` and written there atomically (weights, ``settings`` as a dict,
+    metrics; read back with ``weights_only=True``).
+
+    Arguments:
+        path: The cache file (under :func:`cache_dir`, named with :func:`settings_key`).
+        settings: The settings dataclass it was trained with.
+        build: An untrained network of the stored settings (a dict), to load the weights into.
+        train: Trains one; its result must have ``metrics``.
+        cache: Read and write the cache.
+
+    Returns:
+        The network, in eval mode when it was read from the cache.
+    """
+    blob = read_cache(path) if cache else None
+    if blob is not None and {"state_dict", "config", "metrics"} <= set(blob):
+        module = build(blob["config"])
+        module.load_state_dict(blob["state_dict"])
+        module.metrics = dict(blob["metrics"])
+        return module.eval()
+    module = train()
+    if cache:
+        state = {"state_dict": module.state_dict(), "config": dataclasses.asdict(settings), "metrics": dict(module.metrics)}
+        atomic_write(path, lambda f: torch.save(state, f))
+    return module
 
 
 def _check_plain(obj: Any, where: str) -> None:

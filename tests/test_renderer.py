@@ -15,7 +15,7 @@ from flowkit.data.renderer import (
     RendererConfig,
     discretize_reading,
     get_cell_renderer,
-    reading_of_logits,
+    reading_of,
     render_readings,
 )
 
@@ -30,9 +30,11 @@ def _cells(r: torch.Tensor) -> torch.Tensor:
     return r.view(len(r), 9, CELL_READING)
 
 
-def test_reading_of_logits_is_probabilities_scaled_by_occupancy():
+def test_reading_is_probabilities_scaled_by_occupancy():
     torch.manual_seed(0)
-    r = _cells(reading_of_logits(torch.randn(4, 9, 13)))
+    logits = torch.randn(4, 9, 13)
+    groups = {"shape": logits[..., :5].softmax(-1), "color": logits[..., 5:11].softmax(-1), "size": logits[..., 11:].softmax(-1)}
+    r = _cells(reading_of(groups))
     occupied = 1 - r[..., 0]
     torch.testing.assert_close(r[..., :5].sum(-1), torch.ones(4, 9))
     torch.testing.assert_close(r[..., 5:11].sum(-1), occupied)

@@ -10,12 +10,10 @@ the shapes data. The judges that use it live in :mod:`flowkit.data.judges`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,7 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from flowkit.data.grammar import COLORS, SHAPES, SIZES, Scene, SceneObject
-from flowkit.io import atomic_write, cache_dir, read_cache
+from flowkit.io import cache_dir, cached_trained, settings_key
 
 __all__ = [
     "AttributeClassifier",
@@ -72,8 +70,7 @@ class ClassifierConfig:
 
     def key(self) -> str:
         r"""A short hash of the settings and the classifier version."""
-        blob = json.dumps({"v": 1, **asdict(self)}, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return settings_key(self, version=1)
 
 
 _CROP = 24
@@ -314,18 +311,13 @@ def get_attribute_classifier(
         time and reaches a scene accuracy above 0.9.
     """
     cfg = config or ClassifierConfig()
-    path = cache_dir() / f"attribute_classifier-{cfg.key()}.pt"
-    blob = read_cache(path) if cache else None
-    if blob is not None and {"state_dict", "config", "metrics"} <= set(blob):
-        model = AttributeClassifier(int(blob["config"]["width"]))
-        model.load_state_dict(blob["state_dict"])
-        model.metrics = dict(blob["metrics"])
-        return model.eval()
-    model = train_attribute_classifier(cfg, progress=progress)
-    if cache:
-        state = {"state_dict": model.state_dict(), "config": asdict(cfg), "metrics": dict(model.metrics)}
-        atomic_write(path, lambda f: torch.save(state, f))
-    return model
+    return cached_trained(
+        cache_dir() / f"attribute_classifier-{cfg.key()}.pt",
+        cfg,
+        lambda stored: AttributeClassifier(int(stored["width"])),
+        lambda: train_attribute_classifier(cfg, progress=progress),
+        cache,
+    )
 
 
 @torch.no_grad()

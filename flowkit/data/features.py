@@ -119,18 +119,18 @@ class _TrunkReading:
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:
-        from flowkit.data.renderer import reading_of_logits
+        from flowkit.data.renderer import reading_of
 
         if images.dim() != 4 or tuple(images.shape[1:]) != (3, 64, 64):
             raise ValueError(f"shapes trunk readings need (B, 3, 64, 64) images, got {tuple(images.shape)}")
-        return reading_of_logits(self.trunk(images.float()))
+        return reading_of(self.trunk.predict(images.float()))
 
 
 def shapes_trunk_reading(seed: int = SHAPES_TRUNK_SEED, train_size: int = 3000, progress: bool = False) -> Callable[[Tensor], Tensor]:
     r"""A feature extractor for shapes images: :func:`shapes_trunk`'s read-out, 117 numbers.
 
     Per grid cell, the probabilities of empty and of each shape, then of each colour and size
-    times the probability that the cell is occupied (:func:`flowkit.data.renderer.reading_of_logits`):
+    times the probability that the cell is occupied (:func:`flowkit.data.renderer.reading_of`):
     the analogue of VGG-16's class scores (fc8) where :func:`shapes_trunk_features` is fc7.
     Text-to-image decodes readings, and :func:`flowkit.data.renderer.render_readings` draws
     them. Returns a function with a ``key`` attribute, as :func:`shapes_trunk_features`.

@@ -20,10 +20,9 @@ made discrete by :func:`discretize_reading` before they are drawn.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +31,7 @@ from tqdm.auto import tqdm
 
 from flowkit.data.classifier import AttributeClassifier, _scenes_from_probs, cell_crops
 from flowkit.data.grammar import Scene
-from flowkit.io import atomic_write, cache_dir, read_cache
+from flowkit.io import cache_dir, cached_trained, settings_key
 
 __all__ = [
     "CELL_READING",
@@ -42,7 +41,7 @@ __all__ = [
     "RendererConfig",
     "discretize_reading",
     "get_cell_renderer",
-    "reading_of_logits",
+    "reading_of",
     "render_readings",
     "train_cell_renderer",
 ]
@@ -57,20 +56,20 @@ _STARTS = (1, 22, 43)  # the classifier's crop origins in the image padded by 2
 _PATCH = 24
 
 
-def reading_of_logits(logits: Tensor) -> Tensor:
+def reading_of(probabilities: Mapping[str, Tensor]) -> Tensor:
     r"""The reading ``(B, 117)`` of an :class:`~flowkit.data.classifier.AttributeClassifier`'s
-    logits ``(B, 9, 13)``: per cell the shape probabilities (index 0 = empty), then the colour
-    and size probabilities times the probability that the cell is occupied.
+    per-cell probabilities (:meth:`~flowkit.data.classifier.AttributeClassifier.predict`): per
+    cell the shape probabilities (index 0 = empty), then the colour and size probabilities
+    times the probability that the cell is occupied.
 
     Example:
-        >>> reading_of_logits(torch.zeros(2, 9, 13)).shape
+        >>> from flowkit.data.classifier import AttributeClassifier
+        >>> reading_of(AttributeClassifier().predict(torch.rand(2, 3, 64, 64))).shape
         torch.Size([2, 117])
     """
-    shape = logits[..., :_SHAPES].softmax(-1)
-    occupied = 1.0 - shape[..., :1]
-    color = logits[..., _SHAPES : _SHAPES + _COLORS].softmax(-1) * occupied
-    size = logits[..., _SHAPES + _COLORS :].softmax(-1) * occupied
-    return torch.cat([shape, color, size], -1).flatten(1)
+    occupied = 1.0 - probabilities["shape"][..., :1]
+    parts = [probabilities["shape"], probabilities["color"] * occupied, probabilities["size"] * occupied]
+    return torch.cat(parts, -1).flatten(1)
 
 
 def discretize_reading(reading: Tensor, max_objects: int = 2) -> Tensor:
@@ -218,13 +217,11 @@ class RendererConfig:
 
     def key(self) -> str:
         r"""A short hash of the settings and the renderer version."""
-        blob = json.dumps({"v": 1, **asdict(self)}, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return settings_key(self, version=1)
 
 
 def _trunk_reading(trunk: AttributeClassifier, images: Tensor) -> Tensor:
-    with torch.no_grad():
-        return discretize_reading(torch.cat([reading_of_logits(trunk(images[i : i + 256])) for i in range(0, len(images), 256)]))
+    return discretize_reading(reading_of(trunk.predict(images)))
 
 
 def _cell_features(body: nn.Module, images: Tensor) -> Tensor:
@@ -299,18 +296,13 @@ def get_cell_renderer(config: RendererConfig | None = None, cache: bool = True, 
         progress: Show a progress bar while training.
     """
     cfg = config or RendererConfig()
-    path = cache_dir() / f"cell_renderer-{cfg.key()}.pt"
-    blob = read_cache(path) if cache else None
-    if blob is not None and {"state_dict", "config", "metrics"} <= set(blob):
-        renderer = CellRenderer(int(blob["config"]["width"]))
-        renderer.load_state_dict(blob["state_dict"])
-        renderer.metrics = dict(blob["metrics"])
-        return renderer.eval()
-    renderer = train_cell_renderer(cfg, progress=progress)
-    if cache:
-        state = {"state_dict": renderer.state_dict(), "config": asdict(cfg), "metrics": dict(renderer.metrics)}
-        atomic_write(path, lambda f: torch.save(state, f))
-    return renderer
+    return cached_trained(
+        cache_dir() / f"cell_renderer-{cfg.key()}.pt",
+        cfg,
+        lambda stored: CellRenderer(int(stored["width"])),
+        lambda: train_cell_renderer(cfg, progress=progress),
+        cache,
+    )
 
 
 @torch.no_grad()
