@@ -556,7 +556,9 @@ def check_shared_context(
         )
     g = torch.Generator().manual_seed(seed)
     xd = _as(x, torch.float64)
-    xs = repeat_context(xd, repeats) + 0.1 * torch.randn(xd.shape[0] * repeats, xd.shape[1], generator=g, dtype=torch.float64)
+    # the noise is drawn on the CPU (seeded the same everywhere) and moved to x's device
+    noise = torch.randn(xd.shape[0] * repeats, xd.shape[1], generator=g, dtype=torch.float64)
+    xs = repeat_context(xd, repeats) + 0.1 * noise.to(xd.device)
     _, tc, xs, cd = _prepare(t, xs, context, torch.float64, warm_up=False)
     _warm_up(tc, xs, repeat_context(cd, repeats))
     comparisons = []
@@ -674,7 +676,7 @@ def _normalization(base: nn.Module, context: Tensor | None, points: int) -> floa
         s = s.reshape(-1, s.shape[-1])
         spread = s.std(dim=0).max().clamp_min(1e-3)
         lo, hi = s.min(dim=0).values - 4 * spread, s.max(dim=0).values + 4 * spread
-        axes = [lo[i] + (hi[i] - lo[i]) * (torch.arange(points, dtype=s.dtype) + 0.5) / points for i in range(s.shape[1])]
+        axes = [lo[i] + (hi[i] - lo[i]) * (torch.arange(points, dtype=s.dtype, device=s.device) + 0.5) / points for i in range(s.shape[1])]
         grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, s.shape[1])
         cell = float(torch.prod((hi - lo) / points))
         cg = None if c1 is None else c1.expand(grid.shape[0], -1)
@@ -739,9 +741,8 @@ def check_base(
         alone = torch.cat([bc.log_prob(zd[i : i + 1], None if cd is None else cd[i : i + 1]) for i in range(b)])
         comparisons.append(compare(alone, lp, atol, what="log_prob of a sample alone differs from in the batch"))
         if cd is not None:
-            zs = zd.repeat_interleave(repeats, dim=0) + 0.1 * torch.randn(
-                b * repeats, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64
-            )
+            noise = torch.randn(b * repeats, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+            zs = zd.repeat_interleave(repeats, dim=0) + 0.1 * noise.to(zd.device)
             shared = bc.log_prob(zs, cd, context_repeats=repeats)
             full = bc.log_prob(zs, cd.repeat_interleave(repeats, dim=0))
             what = f"log_prob with context_repeats={repeats} differs from the repeated context"
