@@ -101,6 +101,7 @@ def _weighted(cfg: LNFMMConfig, out: dict) -> torch.Tensor:
         + cfg.loss.rec_v * out["rec_v"]
     )
     loss = loss + cfg.loss.cross_t * out.get("cross_t", 0.0) + cfg.loss.cross_v * out.get("cross_v", 0.0)
+    loss = loss + cfg.loss.cross_v_prior * out.get("cross_v_prior", 0.0)
     return loss + cfg.loss.adv * out["adv"] if "adv" in out else loss
 
 
@@ -396,6 +397,23 @@ def test_cross_reconstruction_decodes_from_the_other_domains_shared_code():
     labeled = torch.tensor([True, False, True, False])
     part = model(images, captions, labeled=labeled)
     torch.testing.assert_close(part["cross_t"], nll.sum(dim=1)[labeled].mean())
+
+
+def test_cross_v_prior_decodes_a_prior_sample_and_trains_the_decoder_only():
+    # cross_v_prior: the image from [f_s^-1(z_s^t), z'_v ~ p(z'_v | f_s^-1(z_s^t))], as
+    # text-to-image draws it; the prior is trained by kl_v alone.
+    torch.manual_seed(0)
+    cfg = tiny(image_rec_loss="mse").replace(loss={"cross_v_prior": 2.0})
+    model = LNFMM(cfg)
+    images, captions = batch(cfg)
+    assert "cross_v_prior" not in LNFMM(tiny(image_rec_loss="mse"))(images, captions)
+    out = model(images, captions)
+    assert torch.isfinite(out["cross_v_prior"]) and out["cross_v_prior"] > 0
+    torch.testing.assert_close(out["loss"], _weighted(cfg, out))
+    out["cross_v_prior"].backward()
+    assert all(p.grad is None for p in model.f_v.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.image_decoder.parameters())
+    assert "cross_v_prior" not in model(images, None)  # no caption, no prior context
 
 
 def test_align_text_target_stops_the_alignment_gradient_into_the_text_encoder():

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from flowkit.data import features
-from flowkit.data.classifier import AttributeClassifier, ClassifierConfig, get_attribute_classifier
+from flowkit.data.classifier import AttributeClassifier, ClassifierConfig, cell_crops, get_attribute_classifier
 from flowkit.data.features import _TrunkFeatures, _TrunkReading, load_shapes_coco
 from flowkit.data.renderer import (
     CELL_READING,
+    _closest_noise,
     READING_DIM,
     CellRenderer,
     RendererConfig,
@@ -87,6 +88,29 @@ def test_render_readings_keeps_leading_dims_and_checks_input():
     assert render_readings(torch.rand(0, READING_DIM), g).shape == (0, 3, 64, 64)
     with pytest.raises(ValueError, match="117"):
         render_readings(torch.rand(2, 576), g)
+
+
+def test_noise_renderer_draws_per_cell_noise_and_best_of_k_keeps_the_closest():
+    torch.manual_seed(0)
+    g = CellRenderer(width=4, noise_dim=3)
+    r = _empty(2)
+    _cells(r)[:, 4, 0], _cells(r)[:, 4, 1], _cells(r)[:, 4, 5], _cells(r)[:, 4, 11] = 0.0, 1.0, 1.0, 1.0
+    a, b = g.noise(2, torch.Generator().manual_seed(1)), g.noise(2, torch.Generator().manual_seed(2))
+    assert a.shape == (2, 9, 3) and CellRenderer(width=4).noise(2) is None
+    assert not torch.allclose(g(r, a), g(r, b))  # the noise changes the drawing ...
+    torch.testing.assert_close(g(r), g(r, torch.zeros(2, 9, 3)))  # ... and None means zeros
+    # best of K: no draw among the K is closer to the target, cell by cell, than the chosen one
+    # (eval mode: batch norm's batch statistics would couple the cells of a batch)
+    g.eval()
+    target = g(r, a).detach()
+    chosen = _closest_noise(g, r, target, 6, torch.Generator().manual_seed(5))
+    draws = torch.stack([g.noise(2, gen) for gen in [torch.Generator().manual_seed(5)] for _ in range(6)])
+    err = lambda n: (cell_crops(g(r, n)) - cell_crops(target)).abs().mean((2, 3, 4))  # noqa: E731
+    best = torch.stack([err(d) for d in draws]).min(0).values
+    torch.testing.assert_close(err(chosen), best)
+    assert _closest_noise(CellRenderer(width=4), r, target, 6, torch.Generator()) is None
+    # render_readings is reproducible: the noise is seeded
+    torch.testing.assert_close(render_readings(r, g), render_readings(r, g))
 
 
 @pytest.fixture

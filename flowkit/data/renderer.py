@@ -135,8 +135,16 @@ class CellRenderer(nn.Module):
     a learned background colour at the classifier's crop positions (an object lies inside its
     cell's crop). Empty cells draw nothing.
 
+    With ``noise_dim > 0`` each occupied cell also takes a noise vector: where to put the
+    object inside its cell and how it is turned vary in the data, and a deterministic network
+    trained on them draws their blurred mean, which turns small squares into circles.
+    :func:`train_cell_renderer` then trains it with a best-of-K loss (each cell learns from the
+    noise, among K draws, that comes closest to the image: Li and Malik, 2018, "Implicit
+    Maximum Likelihood Estimation"), so a noise draw gives one sharp object.
+
     Arguments:
         width: Channels of the last convolution (then 2x and 4x towards the input).
+        noise_dim: The size of each cell's noise (0: deterministic).
 
     Example:
         >>> r = torch.zeros(2, 117)
@@ -146,11 +154,11 @@ class CellRenderer(nn.Module):
         torch.Size([2, 3, 64, 64])
     """
 
-    def __init__(self, width: int = 32) -> None:
+    def __init__(self, width: int = 32, noise_dim: int = 0) -> None:
         super().__init__()
-        self.width = width
+        self.width, self.noise_dim = width, noise_dim
         w = width
-        self.embed = nn.Sequential(nn.Linear(CELL_READING, 128), nn.ReLU(), nn.Linear(128, 4 * w * 6 * 6), nn.ReLU())
+        self.embed = nn.Sequential(nn.Linear(CELL_READING + noise_dim, 128), nn.ReLU(), nn.Linear(128, 4 * w * 6 * 6), nn.ReLU())
         self.up = nn.Sequential(
             nn.Upsample(scale_factor=2),
             nn.Conv2d(4 * w, 2 * w, 3, padding=1),
@@ -165,10 +173,14 @@ class CellRenderer(nn.Module):
         self.background = nn.Parameter(torch.zeros(3))
         self.metrics: dict[str, float] = {}  # filled by train_cell_renderer / get_cell_renderer
 
-    def layers(self, reading: Tensor) -> tuple[Tensor, Tensor]:
-        r"""Each cell's colour ``(B, 9, 3, 24, 24)`` and alpha ``(B, 9, 1, 24, 24)``, in [0, 1]."""
+    def layers(self, reading: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        r"""Each cell's colour ``(B, 9, 3, 24, 24)`` and alpha ``(B, 9, 1, 24, 24)``, in [0, 1];
+        ``noise`` is ``(B, 9, noise_dim)`` (None: zeros)."""
         b = len(reading)
         cells = reading.reshape(b, _CELLS, CELL_READING)
+        if self.noise_dim:
+            noise = cells.new_zeros(b, _CELLS, self.noise_dim) if noise is None else noise
+            cells = torch.cat([cells, noise.to(cells.dtype)], dim=-1)
         occupied = cells[..., 0] < 0.5
         patches = self.up(self.embed(cells[occupied]).view(-1, 4 * self.width, 6, 6))
         layers = patches.new_zeros(b, _CELLS, 4, _PATCH, _PATCH)
@@ -186,8 +198,12 @@ class CellRenderer(nn.Module):
             canvas = a * F.pad(rgb[:, k], pad) + (1.0 - a) * canvas
         return canvas[:, :, 2:-2, 2:-2]
 
-    def forward(self, reading: Tensor) -> Tensor:
-        return self.compose(*self.layers(reading))
+    def forward(self, reading: Tensor, noise: Tensor | None = None) -> Tensor:
+        return self.compose(*self.layers(reading, noise))
+
+    def noise(self, batch: int, generator: torch.Generator | None = None) -> Tensor | None:
+        r"""A standard normal noise draw ``(batch, 9, noise_dim)``, or None without noise."""
+        return torch.randn(batch, _CELLS, self.noise_dim, generator=generator) if self.noise_dim else None
 
 
 @dataclass(frozen=True)
@@ -200,6 +216,8 @@ class RendererConfig:
         lr: The learning rate.
         width: :class:`CellRenderer`'s width.
         perceptual: Weight of the trunk-feature term beside the L1 error.
+        noise_dim: :class:`CellRenderer`'s noise per cell (0: deterministic, L1 to the mean).
+        candidates: With noise, the K noise draws per cell of the best-of-K loss.
         seed: Data seed of the training images (the trunk's) and of the initialization.
         train_size: Training images.
         trunk_train_size: Training images of the trunk whose readings it draws
@@ -211,6 +229,8 @@ class RendererConfig:
     lr: float = 2e-3
     width: int = 32
     perceptual: float = 0.3
+    noise_dim: int = 0
+    candidates: int = 1
     seed: int = 7
     train_size: int = 3000
     trunk_train_size: int = 3000
@@ -226,6 +246,19 @@ def _trunk_reading(trunk: AttributeClassifier, images: Tensor) -> Tensor:
 
 def _cell_features(body: nn.Module, images: Tensor) -> Tensor:
     return body(cell_crops(images).flatten(0, 1)).reshape(len(images), -1)
+
+
+@torch.no_grad()
+def _closest_noise(renderer: CellRenderer, readings: Tensor, images: Tensor, k: int, gen: torch.Generator) -> Tensor | None:
+    r"""Per cell, the one of ``k`` noise draws whose render of the cell's crop is closest (L1)
+    to the image's: the best-of-K choice, made without gradients."""
+    if not renderer.noise_dim:
+        return None
+    draws = torch.stack([renderer.noise(len(readings), gen) for _ in range(k)])  # (k, B, 9, n)
+    target = cell_crops(images)
+    errors = torch.stack([(cell_crops(renderer(readings, d)) - target).abs().mean((2, 3, 4)) for d in draws])
+    best = errors.argmin(0)  # (B, 9)
+    return draws.gather(0, best[None, ..., None].expand(1, *draws.shape[1:]))[0]
 
 
 def train_cell_renderer(config: RendererConfig | None = None, progress: bool = False) -> CellRenderer:
@@ -262,12 +295,12 @@ def train_cell_renderer(config: RendererConfig | None = None, progress: bool = F
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        renderer = CellRenderer(cfg.width)
+        renderer = CellRenderer(cfg.width, cfg.noise_dim)
     opt = torch.optim.Adam(renderer.parameters(), cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1))
     for _ in tqdm(range(cfg.steps), desc="cell renderer", disable=not progress):
         idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)
-        drawn = renderer(readings[idx])
+        drawn = renderer(readings[idx], _closest_noise(renderer, readings[idx], images[idx], cfg.candidates, gen))
         loss = F.l1_loss(drawn, images[idx])
         if cfg.perceptual > 0:
             loss = loss + cfg.perceptual * ((_cell_features(body, drawn) - target[idx]) / scale).square().mean()
@@ -279,7 +312,8 @@ def train_cell_renderer(config: RendererConfig | None = None, progress: bool = F
     held_out = ShapesCaptions("test", 500, cfg.seed, captions_per_image=1).images().float()
     truth = _trunk_reading(trunk, held_out)
     with torch.no_grad():
-        same = (_trunk_reading(trunk, renderer(truth)) == truth).all(1).float().mean().item()
+        drawn = renderer(truth, renderer.noise(len(truth), torch.Generator().manual_seed(cfg.seed)))
+        same = (_trunk_reading(trunk, drawn) == truth).all(1).float().mean().item()
     renderer.metrics = {"scene": same, "train_seconds": time.perf_counter() - start}
     return renderer
 
@@ -299,14 +333,14 @@ def get_cell_renderer(config: RendererConfig | None = None, cache: bool = True, 
     return cached_trained(
         cache_dir() / f"cell_renderer-{cfg.key()}.pt",
         cfg,
-        lambda stored: CellRenderer(int(stored["width"])),
+        lambda stored: CellRenderer(int(stored["width"]), int(stored.get("noise_dim", 0))),
         lambda: train_cell_renderer(cfg, progress=progress),
         cache,
     )
 
 
 @torch.no_grad()
-def render_readings(readings: Tensor, renderer: CellRenderer | None = None, batch_size: int = 256) -> Tensor:
+def render_readings(readings: Tensor, renderer: CellRenderer | None = None, batch_size: int = 256, seed: int = 0) -> Tensor:
     r"""Draws readings ``(..., 117)``, soft or one-hot, as images ``(..., 3, 64, 64)``.
 
     Each reading is first made discrete (:func:`discretize_reading`).
@@ -316,6 +350,7 @@ def render_readings(readings: Tensor, renderer: CellRenderer | None = None, batc
             :func:`flowkit.evaluation.sample_images_for_captions`).
         renderer: The renderer (default :func:`get_cell_renderer`).
         batch_size: Readings per call.
+        seed: Seeds the renderer's noise (with ``noise_dim > 0``), so a call is reproducible.
 
     Example:
         >>> render_readings(torch.rand(2, 3, 117), CellRenderer(width=4).eval()).shape
@@ -325,7 +360,7 @@ def render_readings(readings: Tensor, renderer: CellRenderer | None = None, batc
         raise ValueError(f"readings must end in {READING_DIM} numbers (9 cells x 13), got shape {tuple(readings.shape)}")
     g = (renderer or get_cell_renderer()).eval()
     flat = discretize_reading(readings.reshape(-1, READING_DIM).float())
-    images = (
-        torch.cat([g(flat[i : i + batch_size]) for i in range(0, len(flat), batch_size)]) if len(flat) else flat.new_zeros(0, 3, 64, 64)
-    )
+    gen = torch.Generator().manual_seed(seed)
+    chunks = [flat[i : i + batch_size] for i in range(0, len(flat), batch_size)]
+    images = torch.cat([g(c, g.noise(len(c), gen)) for c in chunks]) if len(flat) else flat.new_zeros(0, 3, 64, 64)
     return images.reshape(*readings.shape[:-1], 3, 64, 64)

@@ -313,6 +313,9 @@ class LossConfig(_Group):
             i.e. from the shared code the *other* domain gives, exactly what captioning and
             text-to-image decode at inference. Keys ``"cross_t"`` and ``"cross_v"`` of the
             loss dict.
+        cross_v_prior: Weight of the image decoded from ``[f_s^{-1}(z_s^t), z'_v]`` with
+            :math:`z'_v` drawn from the prior :math:`p(z'_v \mid f_s^{-1}(z_s^t))` (no gradient
+            into the prior), as text-to-image draws it; 0 = off. Key ``"cross_v_prior"``.
         adv: Weight of the generator's hinge term (official lambda_5_G: 25).
         align_text_target: Treat the caption's shared code as a fixed target of the alignment
             (no gradient from ``align`` into the text encoder). Off (Eq. 10) both codes move,
@@ -352,6 +355,7 @@ class LossConfig(_Group):
         "align",
         "cross_t",
         "cross_v",
+        "cross_v_prior",
         "adv",
         "image_perceptual",
         "kl_free_nats",
@@ -365,6 +369,7 @@ class LossConfig(_Group):
     align: float = 1.0
     cross_t: float = 0.0
     cross_v: float = 0.0
+    cross_v_prior: float = 0.0
     adv: float = 25.0
     align_text_target: bool = False
     image_distance: str = "l1"

@@ -63,6 +63,7 @@ LOSS_WEIGHTS: dict[str, str] = {
     "rec_v": "rec_v",
     "cross_t": "cross_t",
     "cross_v": "cross_v",
+    "cross_v_prior": "cross_v_prior",
     "adv": "adv",
 }
 #: Terms subtracted from the loss (the log-determinant of f_s is maximized).
@@ -507,6 +508,13 @@ class LNFMM(nn.Module):
             # the image from the caption's shared code: what text-to-image decodes
             cross = self._image_error(images, self.image_decoder(torch.cat([back, code_v.specific], dim=1)), feats)
             terms["cross_v"] = _masked_mean(cross, weight)
+        if back is not None and cfg.loss.cross_v_prior > 0 and self.f_v is not None:
+            # the image from the caption's shared code and a *prior* sample of z'_v (no gradient
+            # into the prior): what the caption fixes must come out for any z'_v text-to-image draws
+            with torch.no_grad():
+                drawn = self.f_v.sample(1, context=back)[:, 0]
+            cross = self._image_error(images, self.image_decoder(torch.cat([back, drawn], dim=1)), feats)
+            terms["cross_v_prior"] = _masked_mean(cross, weight)
         return ctx_v, terms
 
     def _adversarial_term(self, ctx_v: Tensor, sample: bool) -> dict[str, Tensor]:
