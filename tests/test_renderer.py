@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from flowkit.data import features
-from flowkit.data.classifier import AttributeClassifier, ClassifierConfig, cell_crops, get_attribute_classifier
+from flowkit.data.classifier import AttributeClassifier, ClassifierConfig, get_attribute_classifier
 from flowkit.data.features import _TrunkFeatures, _TrunkReading, load_shapes_coco
 from flowkit.data.renderer import (
     CELL_READING,
-    _closest_noise,
     READING_DIM,
     CellRenderer,
     RendererConfig,
+    _best_offsets,
     discretize_reading,
     get_cell_renderer,
     reading_of,
@@ -90,27 +90,27 @@ def test_render_readings_keeps_leading_dims_and_checks_input():
         render_readings(torch.rand(2, 576), g)
 
 
-def test_noise_renderer_draws_per_cell_noise_and_best_of_k_keeps_the_closest():
+def test_offsets_move_patches_whole_pixels_and_best_of_k_picks_the_closest():
     torch.manual_seed(0)
-    g = CellRenderer(width=4, noise_dim=3)
+    g = CellRenderer(width=4, shift=2).eval()
     r = _empty(2)
     _cells(r)[:, 4, 0], _cells(r)[:, 4, 1], _cells(r)[:, 4, 5], _cells(r)[:, 4, 11] = 0.0, 1.0, 1.0, 1.0
-    a, b = g.noise(2, torch.Generator().manual_seed(1)), g.noise(2, torch.Generator().manual_seed(2))
-    assert a.shape == (2, 9, 3) and CellRenderer(width=4).noise(2) is None
-    assert not torch.allclose(g(r, a), g(r, b))  # the noise changes the drawing ...
-    torch.testing.assert_close(g(r), g(r, torch.zeros(2, 9, 3)))  # ... and None means zeros
-    # best of K: no draw among the K is closer to the target, cell by cell, than the chosen one
-    # (eval mode: batch norm's batch statistics would couple the cells of a batch)
-    g.eval()
-    target = g(r, a).detach()
-    chosen = _closest_noise(g, r, target, 6, torch.Generator().manual_seed(5))
-    draws = torch.stack([g.noise(2, gen) for gen in [torch.Generator().manual_seed(5)] for _ in range(6)])
-    err = lambda n: (cell_crops(g(r, n)) - cell_crops(target)).abs().mean((2, 3, 4))  # noqa: E731
-    best = torch.stack([err(d) for d in draws]).min(0).values
-    torch.testing.assert_close(err(chosen), best)
-    assert _closest_noise(CellRenderer(width=4), r, target, 6, torch.Generator()) is None
-    # render_readings is reproducible: the noise is seeded
-    torch.testing.assert_close(render_readings(r, g), render_readings(r, g))
+    torch.testing.assert_close(g(r), g(r, torch.zeros(2, 9, 2, dtype=torch.long)))  # None means centred
+    # one pixel down and two right: the centre cell's colour and alpha move exactly so
+    moved = torch.zeros(2, 9, 2, dtype=torch.long)
+    moved[:, 4] = torch.tensor([1, 2])
+    (rgb, alpha), (rgb_m, alpha_m) = g.layers(r), g.layers(r, moved)
+    torch.testing.assert_close(alpha_m[:, 4, :, 1:, 2:], alpha[:, 4, :, :-1, :-2])
+    torch.testing.assert_close(rgb_m[:, 4, :, 1:, 2:], rgb[:, 4, :, :-1, :-2])
+    assert alpha_m[:, 4, :, 0].max() < 1e-12  # the new border is transparent
+    # best of K: the target drawn at known offsets is found again, and no offset fits better
+    target = g(r, moved)
+    occupied, logits = g.patches(r)
+    found = _best_offsets(g, occupied, logits, target)
+    torch.testing.assert_close(found, moved[occupied])
+    assert _best_offsets(CellRenderer(width=4), occupied, logits, target) is None
+    # drawing leaves the patches centred
+    torch.testing.assert_close(render_readings(r, g), g(r))
 
 
 @pytest.fixture

@@ -10,8 +10,10 @@ small network shared by all cells, and the patches are laid over a learned backg
 It is trained once on images of data seed 7 (the trunk's, never the data LNFMM is trained or
 judged on), from the trunk's own reading of each image, with an L1 error plus the squared
 distance of the trunk's features of its output and of the image (a perceptual term, Johnson
-et al., 2016), and cached under ``$FLOWKIT_CACHE`` like the trunk: the analogue of a
-generator pre-trained on another dataset. It never sees a caption.
+et al., 2016), each patch first moved by the whole-pixel offset that fits the image best (the
+data jitter objects inside their cells; without the offsets the network draws their blurred
+mean), and cached under ``$FLOWKIT_CACHE`` like the trunk: the analogue of a generator
+pre-trained on another dataset. It never sees a caption.
 
 The reading of one cell is ``[p(empty), p(shape) x 4, p(colour) x 6, p(size) x 2]``, the
 colour and size parts multiplied by ``1 - p(empty)``. Soft readings (decoded by a model) are
@@ -135,16 +137,19 @@ class CellRenderer(nn.Module):
     a learned background colour at the classifier's crop positions (an object lies inside its
     cell's crop). Empty cells draw nothing.
 
-    With ``noise_dim > 0`` each occupied cell also takes a noise vector: where to put the
-    object inside its cell and how it is turned vary in the data, and a deterministic network
-    trained on them draws their blurred mean, which turns small squares into circles.
-    :func:`train_cell_renderer` then trains it with a best-of-K loss (each cell learns from the
-    noise, among K draws, that comes closest to the image: Li and Malik, 2018, "Implicit
-    Maximum Likelihood Estimation"), so a noise draw gives one sharp object.
+    With ``shift > 0`` each patch can be moved by a whole number of pixels, up to ``shift``
+    each way (``offsets``). The data place an object anywhere within 3 pixels of its cell's
+    centre, and a network that cannot say where draws the blurred mean of those places, which
+    turns small squares into circles and triangles into stars. :func:`train_cell_renderer`
+    therefore moves each drawn patch to the offset that fits the image best before the loss
+    (a best-of-K loss over the offsets; Li and Malik, 2018, "Implicit Maximum Likelihood
+    Estimation"), so the network learns one sharp, centred object and the offset carries the
+    place. Drawing leaves the patches centred (random offsets move large objects, which the
+    data jitter by 1 pixel only, out of their cell's crop).
 
     Arguments:
         width: Channels of the last convolution (then 2x and 4x towards the input).
-        noise_dim: The size of each cell's noise (0: deterministic).
+        shift: The largest offset of a patch, in pixels (0: patches stay centred).
 
     Example:
         >>> r = torch.zeros(2, 117)
@@ -154,11 +159,11 @@ class CellRenderer(nn.Module):
         torch.Size([2, 3, 64, 64])
     """
 
-    def __init__(self, width: int = 32, noise_dim: int = 0) -> None:
+    def __init__(self, width: int = 32, shift: int = 0) -> None:
         super().__init__()
-        self.width, self.noise_dim = width, noise_dim
+        self.width, self.shift = width, shift
         w = width
-        self.embed = nn.Sequential(nn.Linear(CELL_READING + noise_dim, 128), nn.ReLU(), nn.Linear(128, 4 * w * 6 * 6), nn.ReLU())
+        self.embed = nn.Sequential(nn.Linear(CELL_READING, 128), nn.ReLU(), nn.Linear(128, 4 * w * 6 * 6), nn.ReLU())
         self.up = nn.Sequential(
             nn.Upsample(scale_factor=2),
             nn.Conv2d(4 * w, 2 * w, 3, padding=1),
@@ -173,20 +178,27 @@ class CellRenderer(nn.Module):
         self.background = nn.Parameter(torch.zeros(3))
         self.metrics: dict[str, float] = {}  # filled by train_cell_renderer / get_cell_renderer
 
-    def layers(self, reading: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        r"""Each cell's colour ``(B, 9, 3, 24, 24)`` and alpha ``(B, 9, 1, 24, 24)``, in [0, 1];
-        ``noise`` is ``(B, 9, noise_dim)`` (None: zeros)."""
-        b = len(reading)
-        cells = reading.reshape(b, _CELLS, CELL_READING)
-        if self.noise_dim:
-            noise = cells.new_zeros(b, _CELLS, self.noise_dim) if noise is None else noise
-            cells = torch.cat([cells, noise.to(cells.dtype)], dim=-1)
+    def patches(self, reading: Tensor) -> tuple[Tensor, Tensor]:
+        r"""The occupied cells ``(B, 9)`` (bool) and their centred patches' logits ``(N, 4, 24, 24)``
+        (colour, then alpha), one per occupied cell in row-major order."""
+        cells = reading.reshape(len(reading), _CELLS, CELL_READING)
         occupied = cells[..., 0] < 0.5
-        patches = self.up(self.embed(cells[occupied]).view(-1, 4 * self.width, 6, 6))
-        layers = patches.new_zeros(b, _CELLS, 4, _PATCH, _PATCH)
+        return occupied, self.up(self.embed(cells[occupied]).view(-1, 4 * self.width, 6, 6))
+
+    def place(self, occupied: Tensor, logits: Tensor, offsets: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        r"""Each cell's colour ``(B, 9, 3, 24, 24)`` and alpha ``(B, 9, 1, 24, 24)`` in [0, 1], from
+        :meth:`patches`, each patch moved by its ``offsets`` row ``(N, 2)`` (down, right; None: 0)."""
+        if offsets is not None:
+            logits = torch.cat([_moved(logits[:, :3], offsets), _moved(logits[:, 3:] + 30.0, offsets) - 30.0], dim=1)
+        layers = logits.new_zeros(*occupied.shape, 4, _PATCH, _PATCH)
         layers[:, :, 3] = -30.0  # alpha ~ 0 where nothing is drawn
-        layers = layers.index_put(tuple(occupied.nonzero().t()), patches)
+        layers = layers.index_put(tuple(occupied.nonzero().t()), logits)
         return torch.sigmoid(layers[:, :, :3]), torch.sigmoid(layers[:, :, 3:])
+
+    def layers(self, reading: Tensor, offsets: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        r"""Each cell's colour and alpha (:meth:`place`); ``offsets`` is ``(B, 9, 2)`` or None."""
+        occupied, logits = self.patches(reading)
+        return self.place(occupied, logits, None if offsets is None else offsets[occupied])
 
     def compose(self, rgb: Tensor, alpha: Tensor) -> Tensor:
         r"""Lays the cells' patches over the background: ``(B, 3, 64, 64)``."""
@@ -198,12 +210,21 @@ class CellRenderer(nn.Module):
             canvas = a * F.pad(rgb[:, k], pad) + (1.0 - a) * canvas
         return canvas[:, :, 2:-2, 2:-2]
 
-    def forward(self, reading: Tensor, noise: Tensor | None = None) -> Tensor:
-        return self.compose(*self.layers(reading, noise))
+    def forward(self, reading: Tensor, offsets: Tensor | None = None) -> Tensor:
+        return self.compose(*self.layers(reading, offsets))
 
-    def noise(self, batch: int, generator: torch.Generator | None = None) -> Tensor | None:
-        r"""A standard normal noise draw ``(batch, 9, noise_dim)``, or None without noise."""
-        return torch.randn(batch, _CELLS, self.noise_dim, generator=generator) if self.noise_dim else None
+
+def _moved(x: Tensor, offsets: Tensor) -> Tensor:
+    r"""Patches ``(N, C, 24, 24)`` moved by whole pixels ``offsets`` ``(N, 2)`` (down, right), zero-filled."""
+    s = int(offsets.abs().max()) if len(offsets) else 0
+    if s == 0:
+        return x
+    padded = F.pad(x, (s, s, s, s))
+    span = torch.arange(_PATCH, device=x.device)
+    rows = span[None, :] + s - offsets[:, 0:1]
+    cols = span[None, :] + s - offsets[:, 1:2]
+    n = torch.arange(len(x), device=x.device)[:, None, None]
+    return padded[n, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -216,8 +237,8 @@ class RendererConfig:
         lr: The learning rate.
         width: :class:`CellRenderer`'s width.
         perceptual: Weight of the trunk-feature term beside the L1 error.
-        noise_dim: :class:`CellRenderer`'s noise per cell (0: deterministic, L1 to the mean).
-        candidates: With noise, the K noise draws per cell of the best-of-K loss.
+        shift: :class:`CellRenderer`'s largest patch offset; in training each patch is moved to
+            the offset that fits the image best (0: centred patches, L1 to the blurred mean).
         seed: Data seed of the training images (the trunk's) and of the initialization.
         train_size: Training images.
         trunk_train_size: Training images of the trunk whose readings it draws
@@ -229,15 +250,14 @@ class RendererConfig:
     lr: float = 2e-3
     width: int = 32
     perceptual: float = 0.3
-    noise_dim: int = 0
-    candidates: int = 1
+    shift: int = 3
     seed: int = 7
     train_size: int = 3000
     trunk_train_size: int = 3000
 
     def key(self) -> str:
         r"""A short hash of the settings and the renderer version."""
-        return settings_key(self, version=1)
+        return settings_key(self, version=2)
 
 
 def _trunk_reading(trunk: AttributeClassifier, images: Tensor) -> Tensor:
@@ -249,16 +269,20 @@ def _cell_features(body: nn.Module, images: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _closest_noise(renderer: CellRenderer, readings: Tensor, images: Tensor, k: int, gen: torch.Generator) -> Tensor | None:
-    r"""Per cell, the one of ``k`` noise draws whose render of the cell's crop is closest (L1)
-    to the image's: the best-of-K choice, made without gradients."""
-    if not renderer.noise_dim:
+def _best_offsets(renderer: CellRenderer, occupied: Tensor, logits: Tensor, images: Tensor) -> Tensor | None:
+    r"""Per occupied cell, the offset in ``[-shift, shift]^2`` whose moved patch, laid over the
+    background, is closest (L1) to the image's crop of that cell: the best-of-K choice."""
+    s = renderer.shift
+    if not s or not len(logits):
         return None
-    draws = torch.stack([renderer.noise(len(readings), gen) for _ in range(k)])  # (k, B, 9, n)
-    target = cell_crops(images)
-    errors = torch.stack([(cell_crops(renderer(readings, d)) - target).abs().mean((2, 3, 4)) for d in draws])
-    best = errors.argmin(0)  # (B, 9)
-    return draws.gather(0, best[None, ..., None].expand(1, *draws.shape[1:]))[0]
+    target = cell_crops(images)[occupied]
+    background = torch.sigmoid(renderer.background).view(1, 3, 1, 1)
+    candidates = torch.tensor([(dy, dx) for dy in range(-s, s + 1) for dx in range(-s, s + 1)])
+    errors = []
+    for offset in candidates:
+        rgb, alpha = renderer.place(occupied[:1].new_ones(1, len(logits)), logits, offset.expand(len(logits), 2))
+        errors.append((alpha[0] * rgb[0] + (1 - alpha[0]) * background - target).abs().mean((1, 2, 3)))
+    return candidates[torch.stack(errors).argmin(0)]
 
 
 def train_cell_renderer(config: RendererConfig | None = None, progress: bool = False) -> CellRenderer:
@@ -295,12 +319,14 @@ def train_cell_renderer(config: RendererConfig | None = None, progress: bool = F
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        renderer = CellRenderer(cfg.width, cfg.noise_dim)
+        renderer = CellRenderer(cfg.width, cfg.shift)
     opt = torch.optim.Adam(renderer.parameters(), cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1))
     for _ in tqdm(range(cfg.steps), desc="cell renderer", disable=not progress):
         idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)
-        drawn = renderer(readings[idx], _closest_noise(renderer, readings[idx], images[idx], cfg.candidates, gen))
+        occupied, logits = renderer.patches(readings[idx])
+        offsets = _best_offsets(renderer, occupied, logits, images[idx])
+        drawn = renderer.compose(*renderer.place(occupied, logits, offsets))
         loss = F.l1_loss(drawn, images[idx])
         if cfg.perceptual > 0:
             loss = loss + cfg.perceptual * ((_cell_features(body, drawn) - target[idx]) / scale).square().mean()
@@ -312,7 +338,7 @@ def train_cell_renderer(config: RendererConfig | None = None, progress: bool = F
     held_out = ShapesCaptions("test", 500, cfg.seed, captions_per_image=1).images().float()
     truth = _trunk_reading(trunk, held_out)
     with torch.no_grad():
-        drawn = renderer(truth, renderer.noise(len(truth), torch.Generator().manual_seed(cfg.seed)))
+        drawn = renderer(truth)
         same = (_trunk_reading(trunk, drawn) == truth).all(1).float().mean().item()
     renderer.metrics = {"scene": same, "train_seconds": time.perf_counter() - start}
     return renderer
@@ -333,14 +359,14 @@ def get_cell_renderer(config: RendererConfig | None = None, cache: bool = True, 
     return cached_trained(
         cache_dir() / f"cell_renderer-{cfg.key()}.pt",
         cfg,
-        lambda stored: CellRenderer(int(stored["width"]), int(stored.get("noise_dim", 0))),
+        lambda stored: CellRenderer(int(stored["width"]), int(stored.get("shift", 0))),
         lambda: train_cell_renderer(cfg, progress=progress),
         cache,
     )
 
 
 @torch.no_grad()
-def render_readings(readings: Tensor, renderer: CellRenderer | None = None, batch_size: int = 256, seed: int = 0) -> Tensor:
+def render_readings(readings: Tensor, renderer: CellRenderer | None = None, batch_size: int = 256) -> Tensor:
     r"""Draws readings ``(..., 117)``, soft or one-hot, as images ``(..., 3, 64, 64)``.
 
     Each reading is first made discrete (:func:`discretize_reading`).
@@ -350,7 +376,6 @@ def render_readings(readings: Tensor, renderer: CellRenderer | None = None, batc
             :func:`flowkit.evaluation.sample_images_for_captions`).
         renderer: The renderer (default :func:`get_cell_renderer`).
         batch_size: Readings per call.
-        seed: Seeds the renderer's noise (with ``noise_dim > 0``), so a call is reproducible.
 
     Example:
         >>> render_readings(torch.rand(2, 3, 117), CellRenderer(width=4).eval()).shape
@@ -360,7 +385,6 @@ def render_readings(readings: Tensor, renderer: CellRenderer | None = None, batc
         raise ValueError(f"readings must end in {READING_DIM} numbers (9 cells x 13), got shape {tuple(readings.shape)}")
     g = (renderer or get_cell_renderer()).eval()
     flat = discretize_reading(readings.reshape(-1, READING_DIM).float())
-    gen = torch.Generator().manual_seed(seed)
     chunks = [flat[i : i + batch_size] for i in range(0, len(flat), batch_size)]
-    images = torch.cat([g(c, g.noise(len(c), gen)) for c in chunks]) if len(flat) else flat.new_zeros(0, 3, 64, 64)
+    images = torch.cat([g(c) for c in chunks]) if len(flat) else flat.new_zeros(0, 3, 64, 64)
     return images.reshape(*readings.shape[:-1], 3, 64, 64)
