@@ -142,6 +142,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--steps", type=int, default=None, help="training steps per model (default: 1500 for ablations, the recipe's for the frontier)"
     )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="t2i-frontier: evaluate a model whose run folder already holds its final checkpoint instead of training it again "
+        "(the engine's resume check refuses one of another config or budget)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="pairs per step")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (each variant is trained once per seed)")
     p.add_argument("--train-images", type=int, default=2000, help="training images (5 captions each)")
@@ -303,11 +309,13 @@ def train_image_frontier(args: argparse.Namespace, progress: bool) -> dict[str, 
         for seed in args.seeds:
             t0 = time.perf_counter()
             budget = {**recipe.settings(), "steps": args.steps or recipe.steps, "validate_every": 0}
+            run = Path(args.out) / f"{name}_seed{seed}"
             trainer = train(
                 recipe.config,
                 data,
                 TrainSettings(**budget, seed=seed, progress=progress, log_every=50),
-                out=Path(args.out) / f"{name}_seed{seed}",
+                out=run,
+                resume=run if args.reuse and (run / "checkpoint.pt").exists() else None,
                 meta={"preset": recipe.name},
             )
             model = trainer.module.cpu().eval()

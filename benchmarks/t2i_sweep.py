@@ -14,6 +14,7 @@ the test split is only read by ``benchmarks/quality.py --task t2i-frontier``.
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/t2i_sweep.py --name h --seed 0 --set '{"loss": {"kl_v": 5.0}}'
+    OMP_NUM_THREADS=1 python benchmarks/t2i_sweep.py --name h_old_renderer --checkpoint OUT/h/run --renderer-shift 0
     OMP_NUM_THREADS=1 python benchmarks/t2i_sweep.py --recipe text_to_image_pixels --name N2 --seed 0 \
         --set '{"shared_norm": "batch-all", "image_noise_std": 1.0}'
 """
@@ -34,8 +35,8 @@ import torch
 
 from flowkit.data.features import load_shapes_coco
 from flowkit.data.judges import free_attribute_spread, get_attribute_classifier, image_caption_accuracy
-from flowkit.data.renderer import ReadingReader, get_cell_renderer, render_readings
-from flowkit.evaluation import plot_image_grid, sample_images_for_captions
+from flowkit.data.renderer import ReadingReader, RendererConfig, get_cell_renderer, render_readings
+from flowkit.evaluation import load_model, plot_image_grid, sample_images_for_captions
 from flowkit.models.lnfmm.recipes import RECIPES
 from flowkit.training import TrainSettings, train
 
@@ -63,6 +64,10 @@ def main() -> int:
     p.add_argument("--eval-every", type=int, default=500, help="steps between validation points (0: none)")
     p.add_argument("--samples", type=int, default=16, help="images per caption")
     p.add_argument("--out", default="benchmarks/t2i_sweep_out")
+    p.add_argument("--checkpoint", default=None, help="judge this saved run (a run folder) instead of training one")
+    p.add_argument(
+        "--renderer-shift", type=int, default=RendererConfig().shift, help="the renderer's offsets (0: the seventh session's renderer)"
+    )
     a = p.parse_args()
     torch.set_num_threads(1)
     out = Path(a.out) / a.name
@@ -71,7 +76,7 @@ def main() -> int:
     data = load_shapes_coco(recipe.image_input, {"train": 2000, "val": 200, "test": 200}, seed=0).data
     judge = get_attribute_classifier()
     reading = recipe.image_input == "reading"
-    render = partial(render_readings, renderer=get_cell_renderer()) if reading else None
+    render = partial(render_readings, renderer=get_cell_renderer(RendererConfig(shift=a.renderer_shift))) if reading else None
     ids = list(dict.fromkeys(int(item["image_id"]) for item in data.val))[:100]
     captions = [data.references["val"][i][0] for i in ids]
 
@@ -86,9 +91,12 @@ def main() -> int:
 
     start = time.time()
     settings = TrainSettings(**{**recipe.settings(), "steps": a.steps or recipe.steps, "validate_every": a.eval_every}, seed=a.seed)
-    trainer = train(recipe.config, data, settings, out=out / "run", validate=validate if a.eval_every else None)
-    model = trainer.module.eval()
+    if a.checkpoint:
+        model = load_model(a.checkpoint)[0].eval()
+    else:
+        model = train(recipe.config, data, settings, out=out / "run", validate=validate if a.eval_every else None).module.eval()
     result: dict[str, Any] = {"name": a.name, "recipe": a.recipe, "seed": a.seed, "steps": settings.steps, "set": overrides}
+    result.update(checkpoint=a.checkpoint, renderer_shift=a.renderer_shift)
     result["train_seconds"] = time.time() - start
     for temperature in TEMPERATURES:
         samples = draw(model, temperature)

@@ -191,7 +191,8 @@ def text_to_image_baseline(**overrides: Any) -> Recipe:
         >>> text_to_image_baseline().config.image_specific_dim
         0
     """
-    base: dict[str, Any] = dict(image_specific_dim=0, notes={"preset": "text-to-image baseline"})
+    # no z'_v, so no prior sample to decode from (cross_v_prior would weigh nothing)
+    base: dict[str, Any] = dict(image_specific_dim=0, loss={"cross_v_prior": 0.0}, notes={"preset": "text-to-image baseline"})
     base.update(overrides)
     return dataclasses.replace(text_to_image_recipe(**base), name="text_to_image_deterministic")
 
