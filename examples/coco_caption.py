@@ -50,7 +50,14 @@ from flowkit.data import load_caption_data
 from flowkit.data.coco import load_image, pil_to_tensor, read_splits
 from flowkit.data.features import extract_features, shapes_trunk_features
 from flowkit.data.shapes import DEFAULT_SIZES, export_coco, shapes_export_root
-from flowkit.evaluation import evaluate_captioning, format_captioning_table, probe_image_codes, scenes_from_export, write_report
+from flowkit.evaluation import (
+    evaluate_captioning,
+    format_captioning_table,
+    probe_image_codes,
+    probe_text_codes,
+    scenes_from_export,
+    write_report,
+)
 from flowkit.evaluation.diagnostics import caption_validator
 from flowkit.evaluation.frontier import caption_frontier, lnfmm_settings, plot_frontier
 from flowkit.evaluation.probes import probe_scene_attributes
@@ -201,10 +208,12 @@ def pixels_of(root: Path) -> Callable[[int], torch.Tensor]:
 
 
 def probes(model: torch.nn.Module, data: Any, scenes: dict[int, Any]) -> dict[str, dict[str, Any]]:
-    r"""Linear probes of the image input (features), its shared code and that code in text space."""
+    r"""Linear probes of the image input (features), its shared code, that code in text space,
+    and the captions' shared code (each attribute on the captions that state it)."""
     out = {
         "code": probe_image_codes(model, data, scenes=scenes),
         "code_text_space": probe_image_codes(model, data, scenes=scenes, code=lambda m, x: m.encode_images(x)["shared_text"]),
+        "caption_code": probe_text_codes(model, data),
     }
     if data.image_kind == "features":
         tr = list(dict.fromkeys(data.train.image_ids))[:2000]

@@ -50,7 +50,7 @@ def test_coco_caption_tiny(tmp_path):
     assert "captioning recipe" in (out / "report" / "report.md").read_text()
     # the learning curve, the probes and the frontier
     assert (out / "run" / "validation.csv").read_text().startswith("step,accuracy,coverage,accuracy_t0,recon_own")
-    assert set(res["probes"]) == {"code", "code_text_space", "features"}
+    assert set(res["probes"]) == {"code", "code_text_space", "caption_code", "features"}
     assert [p["label"] for p in res["frontier"]] == ["T=0", "T=0.25", "T=0.5", "T=0.75", "T=1"]
     assert (out / "report" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     # the run records its data: the CLI reloads it from the checkpoint alone

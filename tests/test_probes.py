@@ -8,7 +8,7 @@ import torch
 
 from flowkit.data import load_caption_data
 from flowkit.data.shapes import Scene, SceneObject
-from flowkit.evaluation.probes import linear_probe_accuracy, probe_image_codes, probe_scene_attributes
+from flowkit.evaluation.probes import linear_probe_accuracy, probe_image_codes, probe_scene_attributes, probe_text_codes
 from flowkit.models import LNFMM, LNFMMConfig
 
 SHAPES = ("circle", "square", "triangle")
@@ -84,3 +84,30 @@ def test_probe_image_codes_runs_on_a_model() -> None:
     # a probe of another code: the pixels themselves carry the colour
     pixels = probe_image_codes(model, data, num_train=60, num_test=30, code=lambda m, x: x.flatten(1)[:, ::97])
     assert "color" in pixels
+
+
+class _ColourReader(torch.nn.Module):
+    r"""A stand-in text encoder whose shared code is the one-hot of the colour words in a caption."""
+
+    def __init__(self, vocab, max_len: int) -> None:
+        super().__init__()
+        from flowkit.data.grammar import COLORS
+
+        self.config = LNFMMConfig.small(vocab_size=len(vocab), max_caption_len=max_len)
+        self.ids = torch.tensor([vocab.encode(c, 3)[1] for c in COLORS])
+
+    def encode_captions(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"shared": (tokens[:, :, None] == self.ids).any(1).double() + 0.01 * torch.randn(len(tokens), len(self.ids))}
+
+
+def test_probe_text_codes_scores_what_the_captions_state() -> None:
+    data = load_caption_data("shapes", sizes={"train": 80, "val": 4, "test": 40}, seed=0)
+    torch.manual_seed(0)
+    reader = _ColourReader(data.vocab, 20)
+    result = probe_text_codes(reader, data, num_train=80, num_test=40)
+    assert result["color"]["accuracy"] == 1.0 and result["color"]["chance"] < 0.5
+    assert result["shape"]["accuracy"] < 0.8  # the code knows colours only
+    # only captions that state an attribute are scored: fewer for size than for colour
+    assert result["size"]["test"] < result["color"]["test"] <= 5 * 40
+    model = LNFMM(LNFMMConfig.small(vocab_size=len(data.vocab)))
+    assert set(probe_text_codes(model, data, num_train=40, num_test=20)) <= {"count", "shape", "color", "size", "row", "col"}

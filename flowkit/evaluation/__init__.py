@@ -49,7 +49,7 @@ from flowkit.evaluation.captioning import (
     train_image_ids,
 )
 from flowkit.evaluation.plots import plot_captioning_result, plot_captions, plot_image_grid, plot_text_to_image_result
-from flowkit.evaluation.probes import probe_image_codes
+from flowkit.evaluation.probes import probe_image_codes, probe_text_codes
 from flowkit.evaluation.report import format_captioning_table, format_text_to_image_table, run_facts, write_report
 from flowkit.evaluation.results import JsonResult, to_jsonable
 from flowkit.evaluation.text_to_image import (
@@ -112,6 +112,7 @@ __all__ = [
     "plot_image_grid",
     "plot_text_to_image_result",
     "probe_image_codes",
+    "probe_text_codes",
     "run_facts",
     "sample_captioning",
     "sample_images_for_captions",

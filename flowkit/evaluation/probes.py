@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flowkit.data.grammar import Scene
+from flowkit.data.grammar import Constraints, Scene, parse
 from flowkit.evaluation.captioning import encode_dataset_images, train_image_ids
 
-__all__ = ["PROBE_ATTRIBUTES", "linear_probe_accuracy", "probe_scene_attributes", "probe_image_codes"]
+__all__ = ["PROBE_ATTRIBUTES", "linear_probe_accuracy", "probe_scene_attributes", "probe_image_codes", "probe_text_codes"]
 
 #: The attributes probed; all but ``count`` only on one-object scenes (unambiguous labels).
 PROBE_ATTRIBUTES: tuple[str, ...] = ("count", "shape", "color", "size", "row", "col")
@@ -103,15 +103,25 @@ def probe_scene_attributes(
     """
     if len(train_codes) != len(train_scenes) or len(test_codes) != len(test_scenes):
         raise ValueError("probe: one scene per code row is needed")
+    return _probe_labels(train_codes, train_scenes, test_codes, test_scenes, _label, attributes)
+
+
+def _probe_labels(
+    train_codes: Tensor,
+    train_items: Sequence[Any],
+    test_codes: Tensor,
+    test_items: Sequence[Any],
+    label: Callable[[Any, str], Any],
+    attributes: Sequence[str],
+) -> dict[str, dict[str, float]]:
+    # Each attribute on the rows that have a label for it (label(item, attribute) not None).
     out: dict[str, dict[str, float]] = {}
     for attribute in attributes:
         if attribute not in PROBE_ATTRIBUTES:
             raise ValueError(f"unknown attribute {attribute!r}; choose from {', '.join(PROBE_ATTRIBUTES)}")
-        tr = [(i, _label(s, attribute)) for i, s in enumerate(train_scenes)]
-        tr = [(i, y) for i, y in tr if y is not None]
+        tr = [(i, y) for i, y in ((i, label(s, attribute)) for i, s in enumerate(train_items)) if y is not None]
         classes = sorted({y for _, y in tr}, key=str)
-        te = [(i, _label(s, attribute)) for i, s in enumerate(test_scenes)]
-        te = [(i, y) for i, y in te if y in classes]
+        te = [(i, y) for i, y in ((i, label(s, attribute)) for i, s in enumerate(test_items)) if y in classes]
         if len(classes) < 2 or not te:
             continue
         index = {c: k for k, c in enumerate(classes)}
@@ -166,3 +176,46 @@ def probe_image_codes(
             xtr = code(model, torch.stack([data.train.images(i) for i in train_ids]))
             xte = code(model, torch.stack([data.test.images(i) for i in test_ids]))
     return probe_scene_attributes(xtr, [scenes[i] for i in train_ids], xte, [scenes[i] for i in test_ids])
+
+
+def _stated(meaning: Constraints, attribute: str) -> Any:
+    # What a caption fixes: the count when it says it; the rest when it describes one object.
+    if attribute == "count":
+        return meaning.count
+    return getattr(meaning.objects[0], attribute) if len(meaning.objects) == 1 else None
+
+
+def probe_text_codes(model: torch.nn.Module, data: Any, num_train: int = 2000, num_test: int = 500) -> dict[str, dict[str, float]]:
+    r"""Probes an LNFMM's caption shared codes :math:`\mu(z_s^t)` on the shapes data.
+
+    A caption states only some attributes ("a red circle" says nothing of size or place), so
+    each attribute is probed on the captions whose meaning fixes it: ``count`` on those that
+    give the number of objects, the others on captions of one object that name it. All
+    reference captions of the first ``num_train`` training and ``num_test`` test images are used.
+
+    Arguments:
+        model: The LNFMM.
+        data: A :class:`~flowkit.data.CaptionData` of the shapes caption language.
+        num_train: Training images whose captions fit the probes.
+        num_test: Test images whose captions score them.
+
+    Returns:
+        As :func:`probe_scene_attributes` (``train`` and ``test`` count captions).
+    """
+    from flowkit.evaluation.text_to_image import encode_captions_text
+
+    def codes(split: str, ids: Sequence[int]) -> tuple[Tensor, list[Constraints]]:
+        captions = [c for i in ids for c in data.references[split][i]]
+        meanings = [parse(c) for c in captions]
+        kept = [c for c, m in zip(captions, meanings) if m is not None]
+        if not kept:
+            raise ValueError("probe_text_codes needs captions of the shapes caption language; none of these parse")
+        tokens = encode_captions_text(kept, data.vocab, model.config.max_caption_len)
+        model.eval()
+        with torch.no_grad():
+            shared = torch.cat([model.encode_captions(tokens[i : i + 512])["shared"] for i in range(0, len(tokens), 512)])
+        return shared, [m for m in meanings if m is not None]
+
+    xtr, mtr = codes("train", train_image_ids(data)[:num_train])
+    xte, mte = codes("test", list(dict.fromkeys(int(i) for i in data.test.image_ids))[:num_test])
+    return _probe_labels(xtr, mtr, xte, mte, _stated, PROBE_ATTRIBUTES)
