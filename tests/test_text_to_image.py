@@ -113,7 +113,9 @@ def test_text_to_image_recipes():
     c = r.config
     assert (c.image_encoder.kind, c.image_encoder.feature_dim, c.posterior.shared_norm) == ("features", 117, "batch-all")
     assert c.loss.cross_v > 0 and c.loss.rec_v == 0 and c.loss.image_distance == "mse" and c.image_specific_dim > 0
-    assert b.config.image_specific_dim == 0 and b.config.replace(image_specific_dim=c.image_specific_dim, notes=c.notes) == c
+    assert c.loss.cross_v_prior > 0 and b.config.loss.cross_v_prior == 0  # no z'_v in the baseline: nothing to draw
+    same = b.config.replace(image_specific_dim=c.image_specific_dim, notes=c.notes, loss={"cross_v_prior": c.loss.cross_v_prior})
+    assert b.config.image_specific_dim == 0 and same == c
     model = LNFMM(b.config.replace(**{**TINY, "image_specific_dim": 0}))
     assert model.f_v is None
     # end to end on pixels: the pre-trained trunk inside the model, a perceptual term
