@@ -30,13 +30,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from flowkit.data.features import load_shapes_coco
-from flowkit.data.judges import free_attribute_spread, get_attribute_classifier, image_caption_accuracy
+from flowkit.data.judges import get_attribute_classifier
 from flowkit.data.renderer import ReadingReader, RendererConfig, get_cell_renderer, render_readings
 from flowkit.evaluation import load_model, plot_image_grid, sample_images_for_captions
+from flowkit.evaluation.text_to_image import judge_generated_images
 from flowkit.models.lnfmm.recipes import RECIPES
 from flowkit.training import TrainSettings, train
 
@@ -45,13 +45,11 @@ TEMPERATURES = (0.0, 0.5, 0.75, 1.0)
 
 def judge_samples(samples: torch.Tensor, captions: list[str], judge: Any) -> dict[str, Any]:
     r"""Judged accuracy and mean free-attribute spread of ``samples`` ``(captions, S, ...)``."""
-    s = samples.shape[1]
-    accuracy = image_caption_accuracy(samples.flatten(0, 1), [c for c in captions for _ in range(s)], judge)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a caption without a true image has no spread
-        spreads = [free_attribute_spread(samples[i], c, judge)["mean"] for i, c in enumerate(captions)]
-    spreads = [x for x in spreads if not math.isnan(x)]
-    return {"accuracy": accuracy, "spread": float(np.mean(spreads)) if spreads else None, "judged_captions": len(spreads)}
+        r = judge_generated_images(samples, captions, judge)
+    spread = r["free_attribute_spread"]
+    return {"accuracy": r["accuracy"], "spread": None if math.isnan(spread) else spread, "judged_captions": r["captions_with_a_true_image"]}
 
 
 def main() -> int:

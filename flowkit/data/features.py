@@ -78,12 +78,17 @@ def shapes_trunk(seed: int = SHAPES_TRUNK_SEED, train_size: int = 3000, progress
     return get_attribute_classifier(ClassifierConfig(seed=seed, train_size=train_size), progress=progress)
 
 
+def _trunk_key(trunk: AttributeClassifier) -> str:
+    # the trunk's weights name what it extracts: another trunk never reads a stale file
+    return hashlib.sha256(b"".join(v.numpy().tobytes() for v in trunk.state_dict().values())).hexdigest()[:12]
+
+
 class _TrunkFeatures:
     r"""Maps ``(B, 3, 64, 64)`` images in [0, 1] to the trunk's penultimate layer ``(B, 576)``."""
 
     def __init__(self, trunk: AttributeClassifier) -> None:
         self.body = trunk.net[:-1].eval()  # all but the read-out: 64 features per cell crop
-        self.key = hashlib.sha256(b"".join(v.numpy().tobytes() for v in trunk.state_dict().values())).hexdigest()[:12]
+        self.key = _trunk_key(trunk)
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:
@@ -115,7 +120,7 @@ class _TrunkReading:
 
     def __init__(self, trunk: AttributeClassifier) -> None:
         self.trunk = trunk.eval()
-        self.key = "reading-" + _TrunkFeatures(trunk).key
+        self.key = "reading-" + _trunk_key(trunk)
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:

@@ -189,7 +189,7 @@ class CellRenderer(nn.Module):
         r"""Each cell's colour ``(B, 9, 3, 24, 24)`` and alpha ``(B, 9, 1, 24, 24)`` in [0, 1], from
         :meth:`patches`, each patch moved by its ``offsets`` row ``(N, 2)`` (down, right; None: 0)."""
         if offsets is not None:
-            logits = torch.cat([_moved(logits[:, :3], offsets), _moved(logits[:, 3:] + 30.0, offsets) - 30.0], dim=1)
+            logits = _moved_logits(logits, offsets)
         layers = logits.new_zeros(*occupied.shape, 4, _PATCH, _PATCH)
         layers[:, :, 3] = -30.0  # alpha ~ 0 where nothing is drawn
         layers = layers.index_put(tuple(occupied.nonzero().t()), logits)
@@ -212,6 +212,11 @@ class CellRenderer(nn.Module):
 
     def forward(self, reading: Tensor, offsets: Tensor | None = None) -> Tensor:
         return self.compose(*self.layers(reading, offsets))
+
+
+def _moved_logits(logits: Tensor, offsets: Tensor) -> Tensor:
+    r"""Patch logits ``(N, 4, 24, 24)`` moved by ``offsets``; the uncovered border is transparent."""
+    return torch.cat([_moved(logits[:, :3], offsets), _moved(logits[:, 3:] + 30.0, offsets) - 30.0], dim=1)
 
 
 def _moved(x: Tensor, offsets: Tensor) -> Tensor:
@@ -280,8 +285,9 @@ def _best_offsets(renderer: CellRenderer, occupied: Tensor, logits: Tensor, imag
     candidates = torch.tensor([(dy, dx) for dy in range(-s, s + 1) for dx in range(-s, s + 1)])
     errors = []
     for offset in candidates:
-        rgb, alpha = renderer.place(occupied[:1].new_ones(1, len(logits)), logits, offset.expand(len(logits), 2))
-        errors.append((alpha[0] * rgb[0] + (1 - alpha[0]) * background - target).abs().mean((1, 2, 3)))
+        moved = torch.sigmoid(_moved_logits(logits, offset.expand(len(logits), 2)))
+        rgb, alpha = moved[:, :3], moved[:, 3:]
+        errors.append((alpha * rgb + (1 - alpha) * background - target).abs().mean((1, 2, 3)))
     return candidates[torch.stack(errors).argmin(0)]
 
 
